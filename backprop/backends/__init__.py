@@ -1,0 +1,95 @@
+"""Backends by device: ``numpy`` and ``numba`` on ``cpu``; ``cupy`` on ``cuda``/``cuda:N``.
+
+Numba and CuPy are imported only when their backend is asked for, so ``import backprop`` needs
+NumPy alone. An unavailable device or backend is an error that says what is missing; there is
+never a silent switch to another device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from .base import Backend
+
+#: backend name -> (module, class name, device kind)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "numpy": ("backprop.backends.numpy", "NumPyBackend", "cpu"),
+    "numba": ("backprop.backends.numba", "NumbaBackend", "cpu"),
+    "cupy": ("backprop.backends.cupy", "CuPyBackend", "cuda"),
+}
+
+_PACKAGES = {"numba": "numba", "cupy": "cupy"}
+_EXTRAS = {"numba": "numba", "cupy": "cuda"}
+_instances: dict[tuple[str, str], Backend] = {}
+
+
+def parse_device(device: Any) -> tuple[str, str]:
+    """``(kind, canonical name)`` for "cpu", "cuda" or "cuda:N"."""
+    if isinstance(device, str):
+        if device == "cpu":
+            return "cpu", "cpu"
+        if device == "cuda":
+            return "cuda", "cuda:0"
+        if device.startswith("cuda:") and device[5:].isdigit():
+            return "cuda", f"cuda:{int(device[5:])}"
+    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def is_installed(backend: str) -> bool:
+    """True when the package a backend needs can be imported (NumPy's always can)."""
+    package = _PACKAGES.get(backend)
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+def default_backend(kind: str) -> str:
+    """The backend used when none is named: ``cupy`` on cuda; on cpu ``numba`` when it is
+    installed (faster or equal at every size measured, see README), else ``numpy``."""
+    if kind == "cuda":
+        return "cupy"
+    return "numba" if is_installed("numba") else "numpy"
+
+
+def get_backend(device: Any = "cpu", backend: str | None = None) -> Backend:
+    """The (shared) backend instance for a device and an optional backend name."""
+    kind, name = parse_device(device)
+    if backend is None:
+        backend = default_backend(kind)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    module_name, class_name, backend_kind = BACKENDS[backend]
+    if backend_kind != kind:
+        choices = sorted(b for b, spec in BACKENDS.items() if spec[2] == kind)
+        raise ValueError(f"backend: {backend!r} runs on {backend_kind}, not on device {device!r}; "
+                         f"for {kind} use one of {choices}")
+    key = (backend, name)
+    if key not in _instances:
+        if not is_installed(backend):
+            raise ImportError(
+                f"backend {backend!r} needs the {_PACKAGES[backend]!r} package, which is not "
+                f"installed: pip install 'backprop[{_EXTRAS[backend]}]'")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        _instances[key] = cls(name)
+    return _instances[key]
+
+
+def to_numpy(x: Any) -> Any:
+    """A NumPy array with the values of ``x``: an array of any backend (NumPy, CuPy, or
+    anything with ``__array__``); device arrays are copied to the host."""
+    import numpy as np
+    if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):   # CuPy
+        return x.get()
+    return np.asarray(x)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends usable here (``cupy`` only with a CUDA device present)."""
+    names = []
+    for backend, (_, _, kind) in BACKENDS.items():
+        try:
+            get_backend("cuda" if kind == "cuda" else "cpu", backend)
+        except (ImportError, RuntimeError):
+            continue
+        names.append(backend)
+    return names

@@ -1,0 +1,184 @@
+"""The kernel contract every backend implements: the one place it is defined.
+
+Shapes: a batch has B rows. Layer l has ``W`` (n_l, n_{l-1}), ``b`` (n_l,), and the batch
+arrays ``Z``, ``A``, ``delta`` of shape (B, n_l). Every kernel writes into the arrays it is
+given and returns None; none allocates in the training loop. Arrays are the backend's own
+(NumPy arrays on the CPU, CuPy arrays on the GPU), C-contiguous, of one float dtype.
+
+``delta`` is the error of the batch-mean loss: ``delta = ∂(mean_b L_b)/∂Z``, i.e. the seeds'
+per-sample δ divided by B. With it the weight gradient is the plain product ``δᵀ A_prev`` and
+the bias gradient the column sum, which are the batch means of the per-sample gradients.
+
+The NumPy backend is the batched reference; the others override kernels to make them faster
+and must keep these signatures (a test compares them with ``inspect.signature``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..activations import Activation
+from ..losses import Loss
+from ..optimizers import UpdateRule
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+
+class Backend(ABC):
+    """A device and the implementation of the kernels on it."""
+
+    #: the backend's name: "numpy", "numba" or "cupy"
+    name: str = ""
+    #: the array module (numpy or cupy)
+    xp: Any = np
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    # ------------------------------------------------------------------ plumbing
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """An uninitialised C-contiguous array on this device."""
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        """A zeroed C-contiguous array on this device."""
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """``x`` as a C-contiguous array of this device (no copy when it already is one)."""
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """A host NumPy array with the values of ``x``."""
+        return np.asarray(x)
+
+    def is_native(self, x: Any) -> bool:
+        """True when ``x`` is already an array of this backend's device."""
+        return isinstance(x, np.ndarray)
+
+    def all_finite(self, x: Array) -> bool:
+        """True when no element of ``x`` is NaN or ±Inf."""
+        return bool(self.xp.isfinite(x).all())
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+
+    def seed(self, seed: int | None) -> None:
+        """Seed the random numbers this backend draws (dropout masks)."""
+        self._rng = np.random.default_rng(seed)
+
+    def take_rows(self, X: Array, index: Array, out: Array) -> None:
+        """``out[i] = X[index[i]]``: gather the rows of a shuffled batch."""
+        self.xp.take(X, index, axis=0, out=out)
+
+    def copy(self, src: Array, out: Array) -> None:
+        """``out[...] = src``."""
+        out[...] = src
+
+    # ------------------------------------------------------------------ kernels
+
+    @abstractmethod
+    def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
+                Z: Array, A: Array) -> None:
+        """``Z = A_prev @ W.T + b`` and ``A = σ(Z)``.
+
+        A_prev (B, n_{l-1}); W (n_l, n_{l-1}); b (n_l,); Z, A (B, n_l). ``Z`` may be the same
+        array as ``A``: then only the activations are kept (hidden layers need no Z, since
+        every σ' is computed from A).
+        """
+
+    @abstractmethod
+    def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
+                     delta: Array) -> None:
+        """``delta = (∂L/∂ŷ ⊙ σ'(z)) / B`` for the output layer.
+
+        A (B, n_L) is ŷ; Y (B, n_L) the targets (one-hot rows for cross_entropy). Fused as
+        ``(ŷ - y) / B`` when ``loss.fused_with(activation)``; for mse with another activation
+        ``(ŷ - y) ⊙ σ'(a) / B`` (softmax: ``a ⊙ (g - Σ_j g_j a_j) / B`` with g = ŷ - y).
+        """
+
+    @abstractmethod
+    def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
+              delta: Array) -> None:
+        """``delta = (delta_next @ W_next) ⊙ σ'(A)``: the error of a hidden layer.
+
+        delta_next (B, n_{l+1}); W_next (n_{l+1}, n_l); A, delta (B, n_l). For softmax the
+        Jacobian product ``a ⊙ (g - Σ_j g_j a_j)`` with g = delta_next @ W_next.
+        """
+
+    @abstractmethod
+    def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
+        """``dW = deltaᵀ @ A_prev`` (n_l, n_{l-1}) and ``db = Σ_rows delta`` (n_l,).
+
+        The per-sample outer products δ a_prevᵀ summed as one matrix product; since delta is
+        already divided by B these are the batch means.
+        """
+
+    @abstractmethod
+    def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
+             total: Array) -> None:
+        """``total[0] += Σ_samples L(ŷ, y)``: the summed per-sample loss of a batch.
+
+        A, Z, Y (B, n_L); ``total`` a one-element array of the parameters' dtype on this
+        device, so the loss of many batches is read back once. The cross-entropies use Z
+        (see :mod:`backprop.losses`) and never take log(0).
+        """
+
+    @abstractmethod
+    def update(self, param: Array, grad: Array, state: tuple[Array, ...],
+               rule: UpdateRule) -> None:
+        """One optimizer step for one parameter, in place, in one pass.
+
+        g = rule.grad_scale · grad + rule.l1 · sign(param) + 2 rule.l2 · param, then the
+        rule of :mod:`backprop.optimizers` for ``rule.kind``; ``state`` holds that rule's
+        buffers (none for SGD, v for momentum, s for RMSProp, m and v for Adam).
+        """
+
+    @abstractmethod
+    def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
+        """``out[0] = min(1, max_norm / ‖g‖)`` with ‖g‖ the L2 norm over all ``grads``.
+
+        Gradient clipping by global norm, the seeds' g ← min(‖g‖, c) · g / ‖g‖; the factor
+        stays on the device and is passed to :meth:`update` as ``rule.grad_scale``.
+        """
+
+    @abstractmethod
+    def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
+        """Inverted dropout: ``mask = (u >= rate) / (1 - rate)`` for uniform u, ``out = A ⊙ mask``."""
+
+    @abstractmethod
+    def multiply(self, x: Array, y: Array) -> None:
+        """``x *= y`` elementwise (dropout's mask on a delta)."""
+
+    # ----------------------------------------------- composite steps with defaults
+
+    def sgd_weight_update(self, delta: Array, A_prev: Array, W: Array, b: Array,
+                          rule: UpdateRule, dW: Array, db: Array) -> None:
+        """Plain SGD for one layer without keeping the gradient:
+        ``W ← (1 - 2ηλ₂) W - η δᵀ A_prev``, ``b ← b - η Σ_rows δ``.
+
+        ``dW``, ``db`` are scratch. The default computes :meth:`weight_grad` then
+        :meth:`update`; a backend with BLAS gemm folds the update into the product.
+        Only called for SGD without l1 or clipping.
+        """
+        self.weight_grad(delta, A_prev, dW, db)
+        self.update(W, dW, (), rule)
+        self.update(b, db, (), UpdateRule(rule.kind, rule.learning_rate))
+
+    def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
+                    batch_size: int, optimizer: Any, learning_rate: float, l1: float,
+                    l2: float, clip_norm: float | None, total: Array) -> bool:
+        """Optionally run a whole epoch of mini-batch steps in one call.
+
+        Does what :func:`backprop.training.run_epoch` does with
+        :meth:`backprop.network.Network.train_step`: batches of ``batch_size`` rows of X, Y
+        in ``order`` (int64 on this device; None: stored order), the last one partial, the
+        summed loss of all of them added to ``total[0]``. Returns False, having done nothing,
+        when this backend has no such path for the configuration; the Python loop then runs
+        the steps one kernel at a time.
+        """
+        return False

@@ -1,0 +1,272 @@
+"""The NumPy backend: BLAS matrix products and in-place ufuncs.
+
+This is the batched reference that every other backend is tested against. Each kernel is a
+matrix product (``np.matmul(..., out=)``) followed by in-place elementwise passes; the scratch
+arrays those passes need are allocated once per shape and kept. With SciPy present, plain SGD
+folds the update into the gradient's gemm: ``W.T ← β W.T - η A_prevᵀ δ`` in one BLAS call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import losses
+from ..activations import Activation, Code
+from ..losses import Loss
+from ..optimizers import ADAM_KIND, MOMENTUM_KIND, RMSPROP_KIND, SGD_KIND, UpdateRule
+from .base import Array, Backend
+
+try:  # BLAS with alpha/beta, so plain SGD needs no separate update pass
+    from scipy.linalg import blas as _blas
+except ImportError:  # pragma: no cover - scipy is optional
+    _blas = None
+
+
+class NumPyBackend(Backend):
+    """Kernels as NumPy ufunc sequences on host arrays."""
+
+    name = "numpy"
+    xp = np
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(device)
+        self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
+        self.seed(None)
+
+    def _scratch(self, shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
+        """A kept scratch array for (shape, dtype, slot), allocated on first use."""
+        key = (shape, np.dtype(dtype).str, slot)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = np.empty(shape, dtype=dtype)
+        return buf
+
+    def take_rows(self, X: Array, index: Array, out: Array) -> None:
+        np.take(X, index, axis=0, out=out, mode="clip")   # mode="raise" buffers a copy
+
+    # ------------------------------------------------------------------ activations
+
+    def _activate(self, Z: np.ndarray, activation: Activation, A: np.ndarray) -> None:
+        """``A = σ(Z)`` in place (A may be Z)."""
+        code = activation.code
+        if code == Code.IDENTITY:
+            if A is not Z:
+                np.copyto(A, Z)
+        elif code == Code.SIGMOID:          # σ(z) = ½ (1 + tanh(z/2)): no overflow
+            np.multiply(Z, 0.5, out=A)
+            np.tanh(A, out=A)
+            A *= 0.5
+            A += 0.5
+        elif code == Code.TANH:
+            np.tanh(Z, out=A)
+        elif code == Code.RELU:
+            np.maximum(Z, 0, out=A)
+        elif code == Code.LEAKY_RELU:
+            negative = self._scratch(Z.shape, np.bool_)
+            np.less(Z, 0, out=negative)
+            if A is not Z:
+                np.copyto(A, Z)
+            np.multiply(A, activation.alpha, out=A, where=negative)
+        elif code == Code.ELU:               # max(z, 0) + α expm1(min(z, 0))
+            s = self._scratch(Z.shape, Z.dtype)
+            np.minimum(Z, 0, out=s)
+            np.expm1(s, out=s)
+            s *= activation.alpha
+            np.maximum(Z, 0, out=A)
+            A += s
+        elif code == Code.SOFTMAX:
+            row = self._scratch((Z.shape[0], 1), Z.dtype)
+            np.max(Z, axis=1, keepdims=True, out=row)
+            np.subtract(Z, row, out=A)
+            np.exp(A, out=A)
+            np.sum(A, axis=1, keepdims=True, out=row)
+            A /= row
+        else:
+            raise ValueError(f"unknown activation code {code}")
+
+    def _backprop_activation(self, G: np.ndarray, A: np.ndarray, activation: Activation) -> None:
+        """``G ← G ⊙ σ'(a)`` in place (softmax: ``G ← a ⊙ (G - Σ_j G_j a_j)``)."""
+        code = activation.code
+        if code == Code.IDENTITY:
+            return
+        s = self._scratch(A.shape, A.dtype)
+        if code == Code.SIGMOID:
+            np.subtract(1, A, out=s)
+            s *= A
+        elif code == Code.TANH:
+            np.multiply(A, A, out=s)
+            np.subtract(1, s, out=s)
+        elif code == Code.RELU:
+            np.greater(A, 0, out=s)
+        elif code == Code.LEAKY_RELU:
+            np.greater(A, 0, out=s)
+            s *= 1.0 - activation.alpha
+            s += activation.alpha
+        elif code == Code.ELU:
+            positive = self._scratch(A.shape, np.bool_)
+            np.greater(A, 0, out=positive)
+            np.add(A, activation.alpha, out=s)
+            np.copyto(s, 1, where=positive)
+        elif code == Code.SOFTMAX:
+            row = self._scratch((A.shape[0], 1), A.dtype)
+            np.multiply(G, A, out=s)
+            np.sum(s, axis=1, keepdims=True, out=row)
+            G -= row
+            G *= A
+            return
+        else:
+            raise ValueError(f"unknown activation code {code}")
+        G *= s
+
+    # ------------------------------------------------------------------ kernels
+
+    def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
+                Z: Array, A: Array) -> None:
+        np.matmul(A_prev, W.T, out=Z)
+        Z += b
+        self._activate(Z, activation, A)
+
+    def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
+                     delta: Array) -> None:
+        np.subtract(A, Y, out=delta)
+        if not loss.fused_with(activation):
+            self._backprop_activation(delta, A, activation)
+        delta *= 1.0 / A.shape[0]
+
+    def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
+              delta: Array) -> None:
+        np.matmul(delta_next, W_next, out=delta)
+        self._backprop_activation(delta, A, activation)
+
+    def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
+        np.matmul(delta.T, A_prev, out=dW)
+        np.sum(delta, axis=0, out=db)
+
+    def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
+             total: Array) -> None:
+        s = self._scratch(A.shape, A.dtype)
+        flat_s, flat_y, flat_z = s.reshape(-1), Y.reshape(-1), Z.reshape(-1)
+        if loss.code == losses.MSE:                    # ½ Σ (ŷ - y)²
+            np.subtract(A, Y, out=s)
+            total[0] += 0.5 * np.dot(flat_s, flat_s)
+        elif loss.code == losses.BINARY_CROSS_ENTROPY:  # Σ max(z,0) - y z + log1p(exp(-|z|))
+            np.abs(Z, out=s)
+            np.negative(s, out=s)
+            np.exp(s, out=s)
+            np.log1p(s, out=s)
+            total[0] += s.sum() + np.maximum(Z, 0, out=s).sum() - np.dot(flat_y, flat_z)
+        elif loss.code == losses.CROSS_ENTROPY:         # Σ_b lse_b Σ_i y_bi - Σ y z
+            row = self._scratch((A.shape[0], 1), A.dtype)
+            ysum = self._scratch((A.shape[0], 1), A.dtype, slot=1)
+            np.max(Z, axis=1, keepdims=True, out=row)
+            np.subtract(Z, row, out=s)
+            np.exp(s, out=s)
+            np.sum(s, axis=1, keepdims=True, out=ysum)
+            np.log(ysum, out=ysum)
+            row += ysum                                  # row = logsumexp(z)
+            np.sum(Y, axis=1, keepdims=True, out=ysum)
+            total[0] += np.dot(row.reshape(-1), ysum.reshape(-1)) - np.dot(flat_y, flat_z)
+        else:
+            raise ValueError(f"unknown loss code {loss.code}")
+
+    def _effective_grad(self, param: Array, grad: Array, rule: UpdateRule) -> Array:
+        """g = grad_scale · grad + l1 · sign(p) + 2 l2 · p (the gradient itself when plain)."""
+        scale = rule.grad_scale
+        if isinstance(scale, (int, float)) and scale == 1.0 and rule.l1 == 0 and rule.l2 == 0:
+            return grad
+        g = self._scratch(param.shape, param.dtype, slot=1)
+        np.multiply(grad, scale[0] if isinstance(scale, np.ndarray) else scale, out=g)
+        s = self._scratch(param.shape, param.dtype)
+        if rule.l1:
+            np.sign(param, out=s)
+            s *= rule.l1
+            g += s
+        if rule.l2:
+            np.multiply(param, 2.0 * rule.l2, out=s)
+            g += s
+        return g
+
+    def update(self, param: Array, grad: Array, state: tuple[Array, ...],
+               rule: UpdateRule) -> None:
+        g = self._effective_grad(param, grad, rule)
+        s = self._scratch(param.shape, param.dtype)
+        lr = rule.learning_rate
+        if rule.weight_decay:                        # AdamW: p ← p - η λ p
+            param *= 1.0 - lr * rule.weight_decay
+        if rule.kind == SGD_KIND:
+            np.multiply(g, lr, out=s)
+        elif rule.kind == MOMENTUM_KIND:
+            (v,) = state
+            v *= rule.momentum
+            v += g
+            if rule.nesterov:
+                np.multiply(v, rule.momentum, out=s)
+                s += g
+                s *= lr
+            else:
+                np.multiply(v, lr, out=s)
+        elif rule.kind == RMSPROP_KIND:
+            (sq,) = state
+            sq *= rule.beta2
+            np.multiply(g, g, out=s)
+            s *= 1.0 - rule.beta2
+            sq += s
+            np.sqrt(sq, out=s)
+            s += rule.eps
+            np.divide(g, s, out=s)
+            s *= lr
+        elif rule.kind == ADAM_KIND:
+            m, v = state
+            m *= rule.beta1
+            np.multiply(g, 1.0 - rule.beta1, out=s)
+            m += s
+            v *= rule.beta2
+            np.multiply(g, g, out=s)
+            s *= 1.0 - rule.beta2
+            v += s
+            np.multiply(v, 1.0 / rule.bias_correction2, out=s)   # √(v / c₂) + ε
+            np.sqrt(s, out=s)
+            s += rule.eps
+            np.divide(m, s, out=s)
+            s *= lr / rule.bias_correction1
+        else:
+            raise ValueError(f"unknown update kind {rule.kind}")
+        param -= s
+
+    def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
+        norm = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+        out[0] = 1.0 if norm <= max_norm else max_norm / norm
+
+    def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
+        self._rng.random(out=mask, dtype=mask.dtype)
+        np.greater_equal(mask, rate, out=mask)
+        mask *= 1.0 / (1.0 - rate)
+        np.multiply(A, mask, out=out)
+
+    def multiply(self, x: Array, y: Array) -> None:
+        np.multiply(x, y, out=x)
+
+    def sgd_weight_update(self, delta: Array, A_prev: Array, W: Array, b: Array,
+                          rule: UpdateRule, dW: Array, db: Array) -> None:
+        gemm = _gemm(W.dtype)
+        if gemm is None:
+            return super().sgd_weight_update(delta, A_prev, W, b, rule, dW, db)
+        lr = rule.learning_rate
+        # W.T (n_in, n_out) is Fortran-ordered: updated in place by C ← α op(A) op(B) + β C
+        out = gemm(-lr, A_prev.T, delta.T, beta=1.0 - 2.0 * lr * rule.l2, c=W.T,
+                   trans_b=1, overwrite_c=1)
+        if not np.shares_memory(out, W):  # pragma: no cover - BLAS made a copy
+            np.copyto(W, out.T)
+        np.sum(delta, axis=0, out=db)
+        db *= lr
+        b -= db
+
+
+def _gemm(dtype: np.dtype) -> Any:
+    if _blas is None:
+        return None
+    return {np.dtype(np.float32): _blas.sgemm, np.dtype(np.float64): _blas.dgemm}.get(
+        np.dtype(dtype))

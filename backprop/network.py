@@ -1,0 +1,441 @@
+"""The fully connected network: parameters, forward and backward passes, training entry points.
+
+Layer l = 1..L computes ``Z = A_prev @ W.T + b`` and ``A = σ(Z)`` with W of shape
+(n_l, n_{l-1}); samples are rows. All arithmetic is done by the backend's kernels on buffers
+that are allocated once per batch size (a :class:`Workspace`) and reused.
+"""
+
+from __future__ import annotations
+
+import numbers
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from . import activations as _activations
+from . import init as _init
+from . import losses as _losses
+from . import optimizers as _optimizers
+from .backends import get_backend, to_numpy
+from .backends.base import Array, Backend
+from .validation import check_dtype, check_X, check_Y
+
+if TYPE_CHECKING:
+    from .training import Callback, History
+
+#: largest batch a forward pass over many samples runs at once (bounds workspace memory)
+INFERENCE_BATCH = 4096
+
+
+class Workspace:
+    """Every array one training step of batch size B touches besides the parameters.
+
+    ``A[l]`` (B, n_{l+1}): activations of layer l+1 (hidden layers keep no Z); ``Z`` (B, n_L):
+    the output pre-activation; ``delta[l]`` like ``A[l]``; with dropout, ``mask[l]`` and
+    ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
+    ``total``: the summed loss; ``scale``: the clipping factor.
+    """
+
+    def __init__(self, backend: Backend, sizes: Sequence[int], dtype: np.dtype, batch: int,
+                 dropout: Sequence[float], train: bool) -> None:
+        self.batch = batch
+        n_out = sizes[-1]
+        self.A = [backend.empty((batch, n), dtype) for n in sizes[1:]]
+        self.Z = backend.empty((batch, n_out), dtype)
+        self.total = backend.zeros((1,), dtype)
+        self.delta: list[Array] = []
+        self.mask: list[Array | None] = []
+        self.dropped: list[Array | None] = []
+        if train:
+            self.delta = [backend.empty((batch, n), dtype) for n in sizes[1:]]
+            self.mask = [backend.empty((batch, n), dtype) if rate else None
+                         for n, rate in zip(sizes[1:-1], dropout)]
+            self.dropped = [backend.empty((batch, n), dtype) if rate else None
+                            for n, rate in zip(sizes[1:-1], dropout)]
+            self.X = backend.empty((batch, sizes[0]), dtype)
+            self.Y = backend.empty((batch, n_out), dtype)
+            self.index = backend.empty((batch,), np.int64)
+            self.scale = backend.zeros((1,), dtype)
+
+
+class Network:
+    """A fully connected network trained with backpropagation.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_input, n_hidden_1, ..., n_output]``, at least two sizes, each >= 1.
+    activations : str, Activation or sequence of them
+        One per layer after the input, or one for all: ``identity``, ``sigmoid``, ``tanh``,
+        ``relu``, ``leaky_relu``, ``elu``, ``softmax`` (see :mod:`backprop.activations`).
+    loss : str
+        ``mse``, ``binary_cross_entropy`` (sigmoid output) or ``cross_entropy`` (softmax output).
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    backend : str, optional
+        ``"numpy"`` or ``"numba"`` on cpu, ``"cupy"`` on cuda; default: see
+        :func:`backprop.backends.default_backend`.
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    init : str, callable or sequence of them, optional
+        Per-layer initializer (:mod:`backprop.init`); default ``he`` for relu, leaky_relu and
+        elu layers, ``xavier`` otherwise. Biases start at zero.
+    seed : int, optional
+        Seed of the initial parameters; the same seed gives the same network everywhere.
+    dropout : float or sequence of float
+        Inverted-dropout rate after each hidden layer (one for all, or one per hidden layer),
+        0 <= rate < 1; applied only while training.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], activations: Any, loss: str = "mse", *,
+                 device: str = "cpu", backend: str | None = None, dtype: Any = "float32",
+                 init: Any = None, seed: int | None = None, dropout: Any = 0.0) -> None:
+        sizes = _check_layer_sizes(layer_sizes)
+        n_layers = len(sizes) - 1
+        self.layer_sizes = sizes
+        self.activations = _per_layer("activations", activations, n_layers, _activations.get)
+        self.loss_function = _losses.get(loss)
+        self.loss_function.check_output(self.activations[-1])
+        self.dtype = check_dtype(dtype)
+        inits = _per_layer("init", init, n_layers, lambda s: None if s is None else _init.get(s))
+        self.dropout = _check_dropout(dropout, n_layers - 1)
+        self.backend = get_backend(device, backend)
+        self.optimizer_: _optimizers.Optimizer | None = None
+        self._workspaces: dict[tuple[int, bool], Workspace] = {}
+        self._grads: list[tuple[Array, Array]] | None = None
+
+        rng = np.random.default_rng(seed)
+        host = []
+        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            scheme = inits[l] or _init.get(self.activations[l].default_init)
+            W = np.asarray(scheme(rng, n_out, n_in), dtype=np.float64)
+            if W.shape != (n_out, n_in) or not np.isfinite(W).all():
+                raise ValueError(f"init: layer {l + 1} initializer must return finite values of "
+                                 f"shape {(n_out, n_in)}, got shape {W.shape}")
+            host.append((W, np.zeros(n_out)))
+        self.W: list[Array] = []
+        self.b: list[Array] = []
+        self._load_host_parameters(host)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def n_layers(self) -> int:
+        """L, the number of layers with parameters."""
+        return len(self.layer_sizes) - 1
+
+    @property
+    def n_parameters(self) -> int:
+        """Σ_l n_l (n_{l-1} + 1)."""
+        return sum(n_out * (n_in + 1)
+                   for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+
+    def __repr__(self) -> str:
+        acts = [str(a) for a in self.activations]
+        return (f"Network({self.layer_sizes}, {acts}, {self.loss_function.name!r}, "
+                f"device={self.device!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})")
+
+    # ------------------------------------------------------------------ parameters
+
+    def _load_host_parameters(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        be = self.backend
+        self.W = [be.asarray(np.ascontiguousarray(W, dtype=self.dtype)) for W, _ in pairs]
+        self.b = [be.asarray(np.ascontiguousarray(b, dtype=self.dtype)) for _, b in pairs]
+        self._grads = None
+        self.optimizer_ = None
+
+    def parameters(self) -> list[Array]:
+        """The parameter arrays on the device, flat: W1, b1, W2, b2, ..."""
+        return [p for pair in zip(self.W, self.b) for p in pair]
+
+    def get_parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """NumPy copies of ``(W, b)`` per layer; W of shape (n_l, n_{l-1}), b of shape (n_l,)."""
+        be = self.backend
+        return [(np.array(be.to_numpy(W)), np.array(be.to_numpy(b)))
+                for W, b in zip(self.W, self.b)]
+
+    def set_parameters(self, pairs: Sequence[tuple[Any, Any]]) -> None:
+        """Copy in ``(W, b)`` per layer from arrays of any backend; validated before any write."""
+        if len(pairs) != self.n_layers:
+            raise ValueError(f"parameters: expected {self.n_layers} (W, b) pairs, got {len(pairs)}")
+        host = []
+        for l, pair in enumerate(pairs):
+            if len(pair) != 2:
+                raise ValueError(f"parameters: layer {l + 1} expected a (W, b) pair")
+            n_out, n_in = self.layer_sizes[l + 1], self.layer_sizes[l]
+            W, b = (np.asarray(to_numpy(p), dtype=np.float64) for p in pair)
+            if W.shape != (n_out, n_in) or b.shape != (n_out,):
+                raise ValueError(f"parameters: layer {l + 1} expected W of shape {(n_out, n_in)} "
+                                 f"and b of shape {(n_out,)}, got {W.shape} and {b.shape}")
+            if not (np.isfinite(W).all() and np.isfinite(b).all()):
+                raise ValueError(f"parameters: layer {l + 1} contains NaN or Inf")
+            host.append((W, b))
+        for l, (W, b) in enumerate(host):
+            self.backend.copy(self.backend.asarray(W, self.dtype), self.W[l])
+            self.backend.copy(self.backend.asarray(b, self.dtype), self.b[l])
+
+    def to(self, device: str, backend: str | None = None) -> "Network":
+        """Move parameters and optimizer state to another device/backend, in place."""
+        target = get_backend(device, backend)
+        if target is self.backend:
+            return self
+        source = self.backend
+        state = self.optimizer_
+        self.backend = target
+        self.W = [target.asarray(source.to_numpy(W)) for W in self.W]
+        self.b = [target.asarray(source.to_numpy(b)) for b in self.b]
+        if state is not None:
+            state.state = [tuple(target.asarray(source.to_numpy(s)) for s in st)
+                           for st in state.state]
+        self._workspaces.clear()
+        self._grads = None
+        return self
+
+    def save(self, path: str | Path) -> None:
+        """Save architecture and parameters to a ``.npz`` file (loads on any device)."""
+        arrays = {}
+        for l, (W, b) in enumerate(self.get_parameters()):
+            arrays[f"W{l + 1}"], arrays[f"b{l + 1}"] = W, b
+        config = dict(layer_sizes=self.layer_sizes, loss=self.loss_function.name,
+                      activations=[(a.name, a.alpha) for a in self.activations],
+                      dtype=self.dtype.name, dropout=list(self.dropout))
+        np.savez(path, config=np.array(repr(config)), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu",
+             backend: str | None = None) -> "Network":
+        """A network saved with :meth:`save`, on ``device``."""
+        import ast
+        with np.load(path, allow_pickle=False) as data:
+            config = ast.literal_eval(str(data["config"]))
+            acts = [_activations.ACTIVATIONS[name](alpha) if alpha else
+                    _activations.ACTIVATIONS[name]() for name, alpha in config["activations"]]
+            net = cls(config["layer_sizes"], acts, config["loss"], device=device,
+                      backend=backend, dtype=config["dtype"], dropout=config["dropout"])
+            net.set_parameters([(data[f"W{l}"], data[f"b{l}"])
+                                for l in range(1, net.n_layers + 1)])
+        return net
+
+    # ------------------------------------------------------------------ workspaces
+
+    def workspace(self, batch: int, train: bool = True) -> Workspace:
+        """The buffers for batches of ``batch`` rows (allocated on first use, then kept)."""
+        key = (batch, train)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = Workspace(self.backend, self.layer_sizes, self.dtype,
+                                                   batch, self.dropout, train)
+        return ws
+
+    def gradients(self) -> list[tuple[Array, Array]]:
+        """The gradient buffers ``(dW, db)`` per layer (allocated on first use, then kept)."""
+        if self._grads is None:
+            be = self.backend
+            self._grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                           for W, b in zip(self.W, self.b)]
+        return self._grads
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def _forward(self, ws: Workspace, X: Array, train: bool) -> list[Array]:
+        """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1])."""
+        be = self.backend
+        inputs = [X]
+        last = self.n_layers - 1
+        for l in range(self.n_layers):
+            Z = ws.Z if l == last else ws.A[l]
+            be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], Z, ws.A[l])
+            if l < last:
+                rate = self.dropout[l]
+                if train and rate:
+                    be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                    inputs.append(ws.dropped[l])
+                else:
+                    inputs.append(ws.A[l])
+        return inputs
+
+    def _backward(self, ws: Workspace, inputs: list[Array], Y: Array,
+                  sgd: _optimizers.UpdateRule | None = None) -> None:
+        """δ for every layer, then the weight gradients into :meth:`gradients`; with an SGD
+        ``rule`` each layer is updated in place instead (after its δ_{l-1} is computed)."""
+        be = self.backend
+        L = self.n_layers
+        be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
+        grads = self.gradients()
+        for l in range(L - 1, -1, -1):
+            if l > 0:  # δ_{l-1} = (δ_l W_l) ⊙ σ'(a_{l-1}), needs W_l before its update
+                be.delta(ws.delta[l], self.W[l], ws.A[l - 1], self.activations[l - 1],
+                         ws.delta[l - 1])
+                if ws.mask[l - 1] is not None:
+                    be.multiply(ws.delta[l - 1], ws.mask[l - 1])
+            dW, db = grads[l]
+            if sgd is None:
+                be.weight_grad(ws.delta[l], inputs[l], dW, db)
+            else:
+                be.sgd_weight_update(ws.delta[l], inputs[l], self.W[l], self.b[l], sgd, dW, db)
+
+    def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
+                   learning_rate: float, l1: float = 0.0, l2: float = 0.0,
+                   clip_norm: float | None = None) -> None:
+        """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
+        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing."""
+        be = self.backend
+        inputs = self._forward(ws, X, train=True)
+        be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
+        if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
+            rule_w, _ = optimizer.rules(learning_rate, l2=l2)
+            self._backward(ws, inputs, Y, sgd=rule_w)
+            return
+        self._backward(ws, inputs, Y)
+        grads = [g for pair in self.gradients() for g in pair]
+        scale: Any = 1.0
+        if clip_norm is not None:
+            be.grad_scale(grads, clip_norm, ws.scale)
+            scale = ws.scale
+        optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale)
+
+    # ------------------------------------------------------------------ public API
+
+    def _inference_chunks(self, X: Array):
+        """(rows slice, workspace outputs after the forward pass) over X in bounded batches."""
+        n = X.shape[0]
+        for start in range(0, n, INFERENCE_BATCH):
+            stop = min(start + INFERENCE_BATCH, n)
+            ws = self.workspace(stop - start, train=False)
+            self._forward(ws, X[start:stop], train=False)
+            yield slice(start, stop), ws
+
+    def forward(self, X: Any, out: Array | None = None) -> Array:
+        """The output activations ŷ (n_samples, n_L) on the network's device.
+
+        ``out``, if given, is a device array of that shape to write into (no allocation).
+        """
+        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
+        shape = (X.shape[0], self.layer_sizes[-1])
+        if out is None:
+            out = self.backend.empty(shape, self.dtype)
+        elif tuple(out.shape) != shape or out.dtype != self.dtype or not self.backend.is_native(out):
+            raise ValueError(f"out: expected a {self.dtype.name} array of shape {shape} on "
+                             f"{self.device}")
+        for rows, ws in self._inference_chunks(X):
+            self.backend.copy(ws.A[-1], out[rows])
+        return out
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The output activations as a NumPy array (n_samples, n_L)."""
+        return self.backend.to_numpy(self.forward(X))
+
+    def predict_classes(self, X: Any) -> np.ndarray:
+        """Class labels: argmax of the outputs (one output unit: ŷ >= 0.5)."""
+        y = self.predict(X)
+        if y.shape[1] == 1:
+            return (y[:, 0] >= 0.5).astype(np.int64)
+        return np.argmax(y, axis=1)
+
+    def _prepare(self, X: Any, Y: Any) -> tuple[Array, Array]:
+        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
+        Y = check_Y(self.backend, Y, X.shape[0], self.layer_sizes[-1], self.loss_function,
+                    self.dtype)
+        return X, Y
+
+    def loss(self, X: Any, Y: Any) -> float:
+        """The mean per-sample loss over (X, Y)."""
+        X, Y = self._prepare(X, Y)
+        return self._mean_loss(X, Y)
+
+    def _mean_loss(self, X: Array, Y: Array) -> float:
+        be = self.backend
+        total = 0.0
+        for rows, ws in self._inference_chunks(X):
+            ws.total[0] = 0
+            be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total)
+            total += float(be.to_numpy(ws.total)[0])
+        return total / X.shape[0]
+
+    def backward(self, X: Any, Y: Any) -> list[tuple[Array, Array]]:
+        """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
+        gradients of the loss over all of (X, Y) as one batch (no dropout)."""
+        X, Y = self._prepare(X, Y)
+        ws = self.workspace(X.shape[0], train=True)
+        inputs = self._forward(ws, X, train=False)
+        self._backward(ws, inputs, Y)
+        be = self.backend
+        out = []
+        for dW, db in self.gradients():
+            pair = (be.empty(dW.shape, self.dtype), be.empty(db.shape, self.dtype))
+            be.copy(dW, pair[0])
+            be.copy(db, pair[1])
+            out.append(pair)
+        return out
+
+    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
+        """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
+        X, Y = self._prepare(X, Y)
+        return self._evaluate(X, Y)
+
+    def _evaluate(self, X: Array, Y: Array) -> dict[str, float]:
+        result = {"loss": self._mean_loss(X, Y)}
+        if self.loss_function.classification:
+            correct = 0
+            xp = self.backend.xp
+            for rows, ws in self._inference_chunks(X):
+                y_hat, y = ws.A[-1], Y[rows]
+                if self.loss_function.code == _losses.CROSS_ENTROPY:
+                    correct += int((xp.argmax(y_hat, axis=1) == xp.argmax(y, axis=1)).sum())
+                else:   # binary: each output unit thresholded at 0.5
+                    correct += int(((y_hat >= 0.5) == (y >= 0.5)).sum()) / y.shape[1]
+            result["accuracy"] = correct / X.shape[0]
+        return result
+
+    def fit(self, X: Any, Y: Any, *, epochs: int, batch_size: int, learning_rate: float,
+            optimizer: str | _optimizers.Optimizer = "sgd", shuffle: bool = True,
+            seed: int | None = None, validation_data: tuple[Any, Any] | None = None,
+            l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
+            lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
+            verbose: bool | str = False) -> "History":
+        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`."""
+        from .training import fit
+        return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
+                   learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle, seed=seed,
+                   validation_data=validation_data, l1=l1, l2=l2, clip_norm=clip_norm,
+                   lr_schedule=lr_schedule, callbacks=callbacks, verbose=verbose)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _check_layer_sizes(layer_sizes: Any) -> list[int]:
+    try:
+        sizes = list(layer_sizes)
+    except TypeError:
+        raise TypeError(f"layer_sizes: expected a sequence of positive integers, got "
+                        f"{layer_sizes!r}") from None
+    if len(sizes) < 2 or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+                             for n in sizes):
+        raise ValueError(f"layer_sizes: expected at least two positive integers "
+                         f"[n_input, ..., n_output], got {layer_sizes!r}")
+    return [int(n) for n in sizes]
+
+
+def _per_layer(name: str, spec: Any, n: int, get: Any) -> list[Any]:
+    """One entry per layer from a single spec or a sequence of n specs."""
+    if isinstance(spec, (list, tuple)):
+        if len(spec) != n:
+            raise ValueError(f"{name}: expected one entry per layer after the input ({n}), "
+                             f"got {len(spec)}")
+        return [get(s) for s in spec]
+    return [get(spec)] * n
+
+
+def _check_dropout(dropout: Any, n_hidden: int) -> list[float]:
+    rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * n_hidden
+    if len(rates) != n_hidden:
+        raise ValueError(f"dropout: expected one rate per hidden layer ({n_hidden}), got {len(rates)}")
+    for r in rates:
+        if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 <= r < 1:
+            raise ValueError(f"dropout: rates must be numbers with 0 <= rate < 1, got {r!r}")
+    return [float(r) for r in rates]

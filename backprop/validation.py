@@ -1,0 +1,131 @@
+"""Checks of user input: each error names the argument and what was expected.
+
+Every check runs before anything is written, so bad input leaves a network as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend
+from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, Loss
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """float32 or float64, from a name, a NumPy type or a dtype."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dt.name!r}")
+    return dt
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative_float(name: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _as_numeric(backend: Backend, x: Any, name: str) -> Any:
+    """``x`` as an array of the backend (host input stays on the host until cast)."""
+    if not backend.is_native(x):
+        if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack__") and not hasattr(
+                x, "__array__"):
+            x = backend.asarray(x)      # foreign device array: the backend decides
+        else:
+            try:
+                x = np.asarray(x)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}: {e}") from None
+    kind = np.dtype(x.dtype).kind
+    if kind not in "biuf":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
+    return x
+
+
+def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str = "X") -> Any:
+    """X as a C-contiguous (n_samples, n_input) array of ``dtype`` on the backend's device."""
+    X = _as_numeric(backend, X, name)
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, {n_input}), "
+                         f"got shape {tuple(X.shape)}")
+    if X.shape[1] != n_input:
+        raise ValueError(f"{name}: expected {n_input} features per sample (the network's "
+                         f"input layer), got shape {tuple(X.shape)}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one sample, got shape {tuple(X.shape)}")
+    X = backend.asarray(X, dtype)
+    if not backend.all_finite(X):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return X
+
+
+def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
+            dtype: np.dtype, name: str = "Y") -> Any:
+    """Targets as a (n_samples, n_output) array of ``dtype`` on the device.
+
+    cross_entropy takes one-hot (or probability) rows, or integer class labels of shape
+    (n_samples,) that become one-hot rows. With one output unit, a 1-D Y is a column.
+    """
+    Y = _as_numeric(backend, Y, name)
+    xp = backend.xp
+    if Y.ndim == 1 and loss.code == CROSS_ENTROPY:
+        if len(Y) != n_samples:
+            raise ValueError(f"{name}: has {len(Y)} samples but X has {n_samples}")
+        if len(Y) == 0:
+            raise ValueError(f"{name}: expected at least one sample")
+        if not backend.all_finite(Y):
+            raise ValueError(f"{name}: contains NaN or Inf")
+        if np.dtype(Y.dtype).kind == "f" and not bool((Y == xp.floor(Y)).all()):
+            raise ValueError(f"{name}: class labels must be integers")
+        low, high = int(Y.min()), int(Y.max())
+        if low < 0 or high >= n_output:
+            raise ValueError(f"{name}: class labels must lie in [0, {n_output - 1}] (the "
+                             f"network has {n_output} outputs), got labels in [{low}, {high}]")
+        one_hot = backend.zeros((n_samples, n_output), dtype)
+        one_hot[xp.arange(n_samples), Y.astype(xp.int64)] = 1
+        return one_hot
+    if Y.ndim == 1 and n_output == 1:
+        Y = Y.reshape(-1, 1)
+    if Y.ndim != 2 or Y.shape[1] != n_output:
+        labels = " or integer class labels of shape (n_samples,)" if loss.code == CROSS_ENTROPY else ""
+        raise ValueError(f"{name}: expected shape (n_samples, {n_output}){labels}, "
+                         f"got shape {tuple(Y.shape)}")
+    if Y.shape[0] != n_samples:
+        raise ValueError(f"{name}: has {Y.shape[0]} samples but X has {n_samples}")
+    if Y.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one sample")
+    Y = backend.asarray(Y, dtype)
+    if not backend.all_finite(Y):
+        raise ValueError(f"{name}: contains NaN or Inf")
+    if loss.code in (BINARY_CROSS_ENTROPY, CROSS_ENTROPY):
+        if bool((Y < 0).any()) or bool((Y > 1).any()):
+            raise ValueError(f"{name}: {loss.name} targets must lie in [0, 1]")
+    if loss.code == CROSS_ENTROPY:
+        tol = 1e-3 if dtype == np.float32 else 1e-9
+        if bool((xp.abs(Y.sum(axis=1) - 1) > tol).any()):
+            raise ValueError(f"{name}: cross_entropy targets must be one-hot rows (or "
+                             "probabilities summing to 1 per row), or integer class labels")
+    return Y
