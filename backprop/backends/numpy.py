@@ -2,8 +2,9 @@
 
 This is the batched reference that every other backend is tested against. Each kernel is a
 matrix product (``np.matmul(..., out=)``) followed by in-place elementwise passes; the scratch
-arrays those passes need are allocated once per shape and kept. With SciPy present, plain SGD
-folds the update into the gradient's gemm: ``W.T ← β W.T - η A_prevᵀ δ`` in one BLAS call.
+arrays those passes need are allocated once per shape and kept. With SciPy present, the matrix
+products go through its BLAS gemm, C ← α op(A) op(B) + β C, which folds work into the product:
+the bias (Z pre-filled with b, β = 1) and plain SGD's update (``W.T ← β W.T - η A_prevᵀ δ``).
 """
 
 from __future__ import annotations
@@ -99,12 +100,16 @@ class NumPyBackend(Backend):
         elif code == Code.TANH:
             np.multiply(A, A, out=s)
             np.subtract(1, s, out=s)
-        elif code == Code.RELU:
-            np.greater(A, 0, out=s)
+        elif code == Code.RELU:                  # masks in bool: no casting buffers
+            off = self._scratch(A.shape, np.bool_)
+            np.less_equal(A, 0, out=off)
+            np.copyto(G, 0, where=off)
+            return
         elif code == Code.LEAKY_RELU:
-            np.greater(A, 0, out=s)
-            s *= 1.0 - activation.alpha
-            s += activation.alpha
+            off = self._scratch(A.shape, np.bool_)
+            np.less_equal(A, 0, out=off)
+            np.multiply(G, activation.alpha, out=G, where=off)
+            return
         elif code == Code.ELU:
             positive = self._scratch(A.shape, np.bool_)
             np.greater(A, 0, out=positive)
@@ -125,8 +130,13 @@ class NumPyBackend(Backend):
 
     def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
                 Z: Array, A: Array) -> None:
-        np.matmul(A_prev, W.T, out=Z)
-        Z += b
+        gemm = _gemm(W.dtype)
+        if gemm is None:
+            np.matmul(A_prev, W.T, out=Z)
+            Z += b
+        else:  # Z.T ← W A_prevᵀ + Z.T with Z pre-filled with b: the bias rides in the gemm
+            np.copyto(Z, b)
+            gemm(1.0, W.T, A_prev.T, beta=1.0, c=Z.T, trans_a=1, overwrite_c=1)
         self._activate(Z, activation, A)
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
@@ -241,9 +251,11 @@ class NumPyBackend(Backend):
         out[0] = 1.0 if norm <= max_norm else max_norm / norm
 
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
+        dropped = self._scratch(mask.shape, np.bool_)
         self._rng.random(out=mask, dtype=mask.dtype)
-        np.greater_equal(mask, rate, out=mask)
-        mask *= 1.0 / (1.0 - rate)
+        np.less(mask, rate, out=dropped)
+        np.copyto(mask, 1.0 / (1.0 - rate))
+        np.copyto(mask, 0, where=dropped)
         np.multiply(A, mask, out=out)
 
     def multiply(self, x: Array, y: Array) -> None:

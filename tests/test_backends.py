@@ -1,0 +1,150 @@
+"""Backends are interchangeable: the same contract, the same results, no allocation per step."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (ACTIVATION_NAMES, PAIRINGS, RTOL, assert_close, make_network,
+                      random_targets)
+
+import backprop
+from backprop.backends import BACKENDS, get_backend, is_installed
+from backprop.backends.base import Backend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def backend_classes():
+    for name, (module, cls, _) in BACKENDS.items():
+        if not is_installed(name):
+            continue
+        try:
+            yield name, getattr(importlib.import_module(module), cls)
+        except ImportError:
+            continue
+
+
+def public_methods(cls):
+    return {n: m for n, m in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+
+@pytest.mark.parametrize("name,cls", list(backend_classes()))
+def test_backends_keep_the_contract(name, cls):
+    """Every backend keeps the base signatures and adds no public methods (thinc's check)."""
+    assert issubclass(cls, Backend) and not inspect.isabstract(cls)
+    base = public_methods(Backend)
+    mine = public_methods(cls)
+    assert set(mine) == set(base), f"{name} adds or lacks public methods: {set(mine) ^ set(base)}"
+    for method, fn in mine.items():
+        assert inspect.signature(fn) == inspect.signature(base[method]), f"{name}.{method}"
+
+
+@pytest.mark.parametrize("loss,output", PAIRINGS)
+def test_every_backend_equals_numpy(backend, dtype, loss, output):
+    if backend == "numpy":
+        pytest.skip("numpy is the reference")
+    rng = np.random.default_rng(3)
+    hidden = ACTIVATION_NAMES[rng.integers(len(ACTIVATION_NAMES))]
+    sizes = [6, 9, 7, 4]
+    args = (sizes, [hidden, "leaky_relu", output], loss)
+    X = rng.normal(size=(37, 6))
+    Y = random_targets(rng, loss, 37, 4)
+    ours = make_network(backend, *args, dtype=dtype, seed=5)
+    ref = backprop.Network(*args, backend="numpy", dtype=dtype, seed=5)
+    tol = RTOL[np.dtype(dtype)]
+    assert_close(ours.forward(X), ref.forward(X), tol, "forward")
+    assert ours.loss(X, Y) == pytest.approx(ref.loss(X, Y), rel=tol)
+    for (a, b), (c, d) in zip(ours.backward(X, Y), ref.backward(X, Y)):
+        assert_close(a, c, tol, "dW")
+        assert_close(b, d, tol, "db")
+    for opt in ("sgd", "momentum", "adam"):
+        for net in (ours, ref):
+            net.fit(X, Y, epochs=2, batch_size=8, learning_rate=0.01, optimizer=opt, seed=1,
+                    l2=1e-3)
+        for (a, b), (c, d) in zip(ours.get_parameters(), ref.get_parameters()):
+            assert_close(a, c, 10 * tol, f"W after {opt}")
+            assert_close(b, d, 10 * tol, f"b after {opt}")
+
+
+@pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", None), ("momentum", 1.0)])
+@pytest.mark.parametrize("acts", [["relu", "tanh", "softmax"], ["leaky_relu", "elu", "sigmoid"]])
+def test_training_step_allocates_nothing(optimizer, clip, acts):
+    """Once the workspace exists, a step allocates no array.
+
+    tracemalloc sees NumPy's allocations. Every array of this step is >= 128 KiB, while the
+    transient peak of a step must stay below that: NumPy's ufunc iteration buffers (bounded,
+    a few KiB, used by the row broadcasts of softmax) are all it may take.
+    """
+    loss = "cross_entropy" if acts[-1] == "softmax" else "binary_cross_entropy"
+    net = backprop.Network([128, 256, 256, 128], acts, loss, backend="numpy", seed=0,
+                           dropout=[0.1, 0.0])
+    rng = np.random.default_rng(0)
+    X = net.backend.asarray(rng.normal(size=(256, 128)), net.dtype)
+    Y = net.backend.asarray(np.eye(128)[rng.integers(0, 128, 256)], net.dtype)
+    opt = backprop.optimizers.get(optimizer)
+    opt.reset(net.backend, net.parameters())
+    ws = net.workspace(256)
+    step = lambda: net.train_step(ws, X, Y, opt, 0.01, l1=0.0, l2=0.0, clip_norm=clip)
+    step()
+    step()
+    smallest_array = 128 * 1024
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(3):
+            step()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < smallest_array, f"a step allocated {peak - base} bytes at once"
+    assert current - base < 4096, f"steps kept {current - base} bytes"
+
+
+def test_import_needs_numpy_only():
+    code = ("import sys, backprop; assert 'numba' not in sys.modules, 'numba imported'; "
+            "assert 'cupy' not in sys.modules, 'cupy imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_backend_errors_name_what_is_missing(monkeypatch):
+    import backprop.backends as backends
+    monkeypatch.setattr(backends, "is_installed", lambda name: name == "numpy")
+    monkeypatch.setattr(backends, "_instances", {})
+    with pytest.raises(ImportError, match=r"backend 'numba' needs the 'numba' package.*backprop\[numba\]"):
+        get_backend("cpu", "numba")
+    with pytest.raises(ImportError, match=r"'cupy' package.*backprop\[cuda\]"):
+        get_backend("cuda:1")
+    assert backends.default_backend("cpu") == "numpy"
+
+
+def test_device_strings():
+    from backprop.backends import parse_device
+    assert parse_device("cuda") == ("cuda", "cuda:0")
+    assert parse_device("cuda:3") == ("cuda", "cuda:3")
+    for bad in ("gpu", "cuda:", "cuda:x", 0, None):
+        with pytest.raises(ValueError, match="device"):
+            parse_device(bad)
+
+
+def test_wheel_carries_kernels_inside_backprop_only(tmp_path):
+    """The wheel has backprop/kernels/*.cu and no top-level 'kernels' package."""
+    pytest.importorskip("hatchling", reason="building the wheel needs hatchling")
+    out = subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d",
+                          str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if n.startswith("kernels/")]
+    assert "backprop/__init__.py" in names
+    sources = sorted(p.name for p in (ROOT / "kernels").glob("*.cu"))
+    assert sorted(n.split("/")[-1] for n in names if n.startswith("backprop/kernels/")) == sources
