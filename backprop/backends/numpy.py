@@ -136,7 +136,8 @@ class NumPyBackend(Backend):
             Z += b
         else:  # Z.T ← W A_prevᵀ + Z.T with Z pre-filled with b: the bias rides in the gemm
             np.copyto(Z, b)
-            gemm(1.0, W.T, A_prev.T, beta=1.0, c=Z.T, trans_a=1, overwrite_c=1)
+            _check_inplace(gemm(1.0, W.T, A_prev.T, beta=1.0, c=Z.T, trans_a=1,
+                                overwrite_c=1), Z)
         self._activate(Z, activation, A)
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
@@ -148,26 +149,38 @@ class NumPyBackend(Backend):
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
-        np.matmul(delta_next, W_next, out=delta)
+        gemm = _gemm(W_next.dtype)
+        if gemm is None:
+            np.matmul(delta_next, W_next, out=delta)
+        else:  # delta.T ← W_nextᵀ delta_nextᵀ
+            _check_inplace(gemm(1.0, W_next.T, delta_next.T, beta=0.0, c=delta.T,
+                                overwrite_c=1), delta)
         self._backprop_activation(delta, A, activation)
 
     def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
-        np.matmul(delta.T, A_prev, out=dW)
+        gemm = _gemm(dW.dtype)
+        if gemm is None:
+            np.matmul(delta.T, A_prev, out=dW)
+        else:  # dW.T ← A_prevᵀ delta
+            _check_inplace(gemm(1.0, A_prev.T, delta.T, beta=0.0, c=dW.T, trans_b=1,
+                                overwrite_c=1), dW)
         np.sum(delta, axis=0, out=db)
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
              total: Array) -> None:
+        # sums, not np.dot: BLAS calls stay on one library (see _gemm)
         s = self._scratch(A.shape, A.dtype)
-        flat_s, flat_y, flat_z = s.reshape(-1), Y.reshape(-1), Z.reshape(-1)
+        yz = self._scratch(A.shape, A.dtype, slot=1)
         if loss.code == losses.MSE:                    # ½ Σ (ŷ - y)²
             np.subtract(A, Y, out=s)
-            total[0] += 0.5 * np.dot(flat_s, flat_s)
+            np.square(s, out=s)
+            total[0] += 0.5 * s.sum()
         elif loss.code == losses.BINARY_CROSS_ENTROPY:  # Σ max(z,0) - y z + log1p(exp(-|z|))
             np.abs(Z, out=s)
             np.negative(s, out=s)
             np.exp(s, out=s)
             np.log1p(s, out=s)
-            total[0] += s.sum() + np.maximum(Z, 0, out=s).sum() - np.dot(flat_y, flat_z)
+            total[0] += s.sum() + np.maximum(Z, 0, out=s).sum() - np.multiply(Y, Z, out=yz).sum()
         elif loss.code == losses.CROSS_ENTROPY:         # Σ_b lse_b Σ_i y_bi - Σ y z
             row = self._scratch((A.shape[0], 1), A.dtype)
             ysum = self._scratch((A.shape[0], 1), A.dtype, slot=1)
@@ -178,7 +191,8 @@ class NumPyBackend(Backend):
             np.log(ysum, out=ysum)
             row += ysum                                  # row = logsumexp(z)
             np.sum(Y, axis=1, keepdims=True, out=ysum)
-            total[0] += np.dot(row.reshape(-1), ysum.reshape(-1)) - np.dot(flat_y, flat_z)
+            np.multiply(row, ysum, out=row)
+            total[0] += row.sum() - np.multiply(Y, Z, out=yz).sum()
         else:
             raise ValueError(f"unknown loss code {loss.code}")
 
@@ -247,7 +261,8 @@ class NumPyBackend(Backend):
         param -= s
 
     def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
-        norm = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads))
+        norm = math.sqrt(sum(float(np.square(g, out=self._scratch(g.shape, g.dtype)).sum())
+                             for g in grads))
         out[0] = 1.0 if norm <= max_norm else max_norm / norm
 
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
@@ -268,17 +283,27 @@ class NumPyBackend(Backend):
             return super().sgd_weight_update(delta, A_prev, W, b, rule, dW, db)
         lr = rule.learning_rate
         # W.T (n_in, n_out) is Fortran-ordered: updated in place by C ← α op(A) op(B) + β C
-        out = gemm(-lr, A_prev.T, delta.T, beta=1.0 - 2.0 * lr * rule.l2, c=W.T,
-                   trans_b=1, overwrite_c=1)
-        if not np.shares_memory(out, W):  # pragma: no cover - BLAS made a copy
-            np.copyto(W, out.T)
+        _check_inplace(gemm(-lr, A_prev.T, delta.T, beta=1.0 - 2.0 * lr * rule.l2, c=W.T,
+                            trans_b=1, overwrite_c=1), W)
         np.sum(delta, axis=0, out=db)
         db *= lr
         b -= db
 
 
 def _gemm(dtype: np.dtype) -> Any:
+    """SciPy's BLAS gemm for ``dtype``, or None without SciPy.
+
+    When SciPy is present every matrix product of this backend goes through it: NumPy links
+    its own OpenBLAS, and alternating calls between the two libraries makes their thread
+    pools spin against each other (measured 3x slower on 2 cores).
+    """
     if _blas is None:
         return None
     return {np.dtype(np.float32): _blas.sgemm, np.dtype(np.float64): _blas.dgemm}.get(
         np.dtype(dtype))
+
+
+def _check_inplace(result: np.ndarray, target: np.ndarray) -> None:
+    """gemm with overwrite_c writes into C when C is Fortran-ordered; copy if it did not."""
+    if not np.shares_memory(result, target):  # pragma: no cover - BLAS made a copy
+        np.copyto(target, result.T)
