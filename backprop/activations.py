@@ -68,6 +68,12 @@ class Activation:
         return f"{self.name}({self.alpha})" if self.alpha else self.name
 
 
+def _positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 class Identity(Activation):
     name, code = "identity", Code.IDENTITY
 
@@ -90,9 +96,7 @@ class LeakyReLU(Activation):
     name, code, default_init = "leaky_relu", Code.LEAKY_RELU, "he"
 
     def __init__(self, alpha: float = 0.01) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"LeakyReLU alpha must be a positive finite number, got {alpha!r}")
-        super().__init__(alpha)
+        super().__init__(_positive("LeakyReLU alpha", alpha))
 
 
 class ELU(Activation):
@@ -101,9 +105,7 @@ class ELU(Activation):
     name, code, default_init = "elu", Code.ELU, "he"
 
     def __init__(self, alpha: float = 1.0) -> None:
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"ELU alpha must be a positive finite number, got {alpha!r}")
-        super().__init__(alpha)
+        super().__init__(_positive("ELU alpha", alpha))
 
 
 class Softmax(Activation):
