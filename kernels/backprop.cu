@@ -2,7 +2,7 @@
 //
 // Compiled at run time by NVRTC through cupy.RawModule(name_expressions=[...]): each kernel is
 // a template over the float type T and is instantiated for float and double by its name
-// expression ("forward_activation<float>", ...); the list lives in cupy.py (NAME_EXPRESSIONS).
+// expression ("bias_activation<float>", ...); the list lives in cupy.py (NAME_EXPRESSIONS).
 // No #include: NVRTC has no standard headers, the CUDA math functions are built in.
 //
 // Layout: row-major (C-contiguous) arrays; a batch has `rows` samples of `cols` units.
