@@ -40,7 +40,7 @@ stage gpu_tests 200 "$PY" -m pytest -q -ra -p no:cacheprovider -m gpu \
 GPU_RC=$?
 stage gpu_tests_no_graphs 90 env BACKPROP_CUDA_GRAPHS=0 "$PY" -m pytest -q -ra -p no:cacheprovider \
     tests/test_cupy.py -k "not graphs"
-stage benchmarks 180 "$PY" benchmarks/gpu_vs_torch.py --out "$OUT"
+stage benchmarks 200 "$PY" benchmarks/gpu_vs_torch.py --quick --budget 150 --out "$OUT"
 stage all_tests 150 "$PY" -m pytest -q -ra -p no:cacheprovider --junitxml="$OUT/all_tests.xml" tests
 
 cat "$STATUS"
