@@ -1,7 +1,7 @@
 """The CuPy backend without a GPU: its Python code and kernels/backprop.cu, run on the CPU.
 
 ``tests/emulator/fake_cupy.py`` stands in for CuPy (NumPy arrays, kernels compiled with g++ and
-run with a thread per CUDA thread, stream capture recorded and replayed as a graph), so the GPU
+run with a fiber per CUDA thread, stream capture recorded and replayed as a graph), so the GPU
 tests of test_cupy.py run here against the NumPy backend. This checks our side: kernel
 arithmetic, the argument types and order of every launch, the graph/step-counter logic.
 It does not check CuPy, NVRTC, cuBLAS or real device behaviour (see test_cupy.py for those).
@@ -80,11 +80,12 @@ def test_fit_equals_numpy(emu, sizes, optimizer, clip):
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("optimizer,clip,l1", [("sgd", None, 0.0), ("adamw", 0.5, 1e-4)])
-def test_graphs_change_nothing(emu, optimizer, clip, l1, shuffle):
+@pytest.mark.parametrize("optimizer,clip,l1", [("sgd", None, 0.0), ("sgd", 0.5, 1e-4),
+                                               ("adamw", None, 0.0), ("rmsprop", 2.0, 0.0),
+                                               ("momentum", None, 1e-4)])
+def test_graphs_change_nothing(emu, dtype, optimizer, clip, l1, shuffle):
     launches = fake_cupy._state.launches
-    gpu_tests.test_graphs_change_nothing(np.dtype(np.float64), emu, optimizer, clip, l1,
-                                         shuffle)
+    gpu_tests.test_graphs_change_nothing(dtype, emu, optimizer, clip, l1, shuffle)
     assert fake_cupy._state.launches > launches
 
 

@@ -1,15 +1,18 @@
 // A CPU emulator for the kernels of kernels/backprop.cu, for tests without a GPU.
 //
-// Each block runs its threads as OS threads (barrier = __syncthreads, `static` = __shared__,
-// one block at a time), or in one loop when the kernel has no barrier. Launches take their
+// Each block runs its threads as fibers (ucontext) on one OS thread: __syncthreads switches
+// back to a round-robin scheduler, so every thread of the block reaches the barrier before any
+// passes it; `static` stands for __shared__ (one block at a time). Kernels without a barrier
+// run their threads in one loop. Launches take their
 // arguments as cuLaunchKernel does: an array of pointers, one to each parameter's value, so
 // the Python side must pass exactly the parameter types the kernel declares.
-// Built by tests/emulator/fake_cupy.py with: g++ -std=c++20 -O1 -shared -fPIC -pthread.
-#include <barrier>
+// Built by tests/emulator/fake_cupy.py with: g++ -std=c++17 -O1 -shared -fPIC.
+#include <ucontext.h>
+
 #include <cmath>
 #include <cstring>
-#include <string>
-#include <thread>
+#include <functional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -17,14 +20,26 @@ using std::exp; using std::expm1; using std::fabs; using std::log; using std::lo
 using std::sqrt; using std::tanh;
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
-thread_local dim3 threadIdx, blockIdx;
-dim3 blockDim, gridDim;
-std::barrier<>* block_barrier = nullptr;
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+static ucontext_t scheduler;
+static std::vector<ucontext_t> fibers;
+static std::vector<char> done;
+static std::vector<std::vector<char>> stacks;
+static std::function<void(unsigned)> fiber_body;
+static unsigned current = 0;
+
+static void sync_threads() { swapcontext(&fibers[current], &scheduler); }
+
+static void fiber_entry(int t) {
+    fiber_body((unsigned)t);
+    done[t] = 1;                                   // then uc_link returns to the scheduler
+}
 
 #define __global__
 #define __device__
 #define __shared__ static
-#define __syncthreads() block_barrier->arrive_and_wait()
+#define __syncthreads() sync_threads()
 
 #include KERNEL_SOURCE
 
@@ -41,20 +56,39 @@ void launch(void (*kernel)(Args...), bool barrier, const unsigned* grid, const u
     const unsigned threads = block[0] * block[1] * block[2];
     for (unsigned by = 0; by < grid[1]; ++by)
         for (unsigned bx = 0; bx < grid[0]; ++bx) {
-            auto body = [&](unsigned t) {
-                blockIdx = {bx, by, 0};
+            blockIdx = {bx, by, 0};
+            auto set_thread = [&](unsigned t) {
                 threadIdx = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
-                call(kernel, args, std::index_sequence_for<Args...>{});
             };
             if (!barrier) {
-                for (unsigned t = 0; t < threads; ++t) body(t);
+                for (unsigned t = 0; t < threads; ++t) {
+                    set_thread(t);
+                    call(kernel, args, std::index_sequence_for<Args...>{});
+                }
                 continue;
             }
-            std::barrier<> sync(threads);
-            block_barrier = &sync;
-            std::vector<std::thread> pool;
-            for (unsigned t = 0; t < threads; ++t) pool.emplace_back(body, t);
-            for (auto& th : pool) th.join();
+            fiber_body = [&](unsigned) { call(kernel, args, std::index_sequence_for<Args...>{}); };
+            fibers.assign(threads, ucontext_t{});
+            done.assign(threads, 0);
+            stacks.resize(threads);
+            for (unsigned t = 0; t < threads; ++t) {
+                stacks[t].resize(1 << 16);
+                getcontext(&fibers[t]);
+                fibers[t].uc_stack.ss_sp = stacks[t].data();
+                fibers[t].uc_stack.ss_size = stacks[t].size();
+                fibers[t].uc_link = &scheduler;
+                makecontext(&fibers[t], (void (*)())fiber_entry, 1, (int)t);
+            }
+            for (bool running = true; running;) {      // round robin until all have returned
+                running = false;
+                for (unsigned t = 0; t < threads; ++t) {
+                    if (done[t]) continue;
+                    current = t;
+                    set_thread(t);
+                    swapcontext(&scheduler, &fibers[t]);
+                    running = running || !done[t];
+                }
+            }
         }
 }
 

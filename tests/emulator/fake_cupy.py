@@ -46,8 +46,8 @@ def build(name_expressions: tuple[str, ...]) -> ctypes.CDLL:
     if not lib.exists():
         build_dir.mkdir(exist_ok=True)
         (build_dir / "instances.inc").write_text(inc)
-        cmd = [compiler(), "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-               "-include", "type_traits", f'-DKERNEL_SOURCE="{source}"', "-I", str(build_dir),
+        cmd = [compiler(), "-std=c++17", "-O1", "-shared", "-fPIC",
+               f'-DKERNEL_SOURCE="{source}"', "-I", str(build_dir),
                "-o", str(lib), str(HERE / "emulator.cpp")]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
