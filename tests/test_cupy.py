@@ -213,8 +213,8 @@ def _data(rng, n, n_in, n_out):
 def test_fit_equals_numpy(sizes, optimizer, clip):
     rng = np.random.default_rng(6)
     X, Y = _data(rng, 203, sizes[0], sizes[-1])
-    nets = [Network(sizes, ["tanh", "softmax"], "cross_entropy", device=d, dtype="float64",
-                    seed=1) for d in ("cpu", "cuda")]
+    nets = [Network(sizes, ["tanh", "softmax"], "cross_entropy", device=d, backend=b,
+                    dtype="float64", seed=1) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
     hist = [net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.05, optimizer=optimizer,
                     clip_norm=clip, l2=1e-3, seed=2) for net in nets]
     np.testing.assert_allclose(hist[1]["loss"], hist[0]["loss"], rtol=1e-9)
@@ -294,7 +294,7 @@ def test_to_cpu_and_back_keeps_optimizer_state(gpu):
     for net in (moved, stayed):
         net.fit(X, Y, epochs=2, batch_size=10, learning_rate=0.01, optimizer="adam", seed=0)
     state = [[gpu.to_numpy(s) for s in st] for st in moved.optimizer_.state]
-    moved.to("cpu")
+    moved.to("cpu", backend="numpy")
     assert moved.device == "cpu" and all(isinstance(W, np.ndarray) for W in moved.W)
     for st, saved in zip(moved.optimizer_.state, state):
         for s, h in zip(st, saved):
@@ -323,7 +323,7 @@ def test_device_arrays_are_used_without_copy(gpu):
     net = Network([4, 3, 2], ["relu", "identity"], device="cuda")
     out = net.forward(x)
     assert gpu.is_native(out) and out.shape == (3, 2)
-    np.testing.assert_allclose(gpu.to_numpy(out), net.to("cpu").predict(gpu.to_numpy(x)),
+    np.testing.assert_allclose(gpu.to_numpy(out), net.to("cpu", backend="numpy").predict(gpu.to_numpy(x)),
                                rtol=1e-5)
 
 

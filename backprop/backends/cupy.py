@@ -416,7 +416,7 @@ class CuPyBackend(Backend):
             stream = plan.stream
             stream.wait_event(current.record())
             with stream:
-                plan.schedule.set(schedule)
+                plan.schedule.set(schedule, stream=stream)
                 if order is not None:
                     cp.copyto(plan.index, order)
                 plan.step.fill(0)

@@ -89,8 +89,8 @@ class ndarray(np.ndarray):
     def device(self):
         return _Device(0)
 
-    def set(self, host, stream=None) -> None:
-        np.copyto(self.view(np.ndarray), host)
+    def set(self, arr, stream=None) -> None:
+        np.copyto(self.view(np.ndarray), arr)
 
     def get(self):
         return np.array(self.view(np.ndarray))
