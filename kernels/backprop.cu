@@ -129,8 +129,10 @@ __global__ void matmul(const T* A, const T* B, T* C, int M, int N, int K, int tr
         const int ka = k0 + threadIdx.x;     // column of op(A) loaded by this thread
         const int kb = k0 + threadIdx.y;     // row of op(B) loaded by this thread
         T a = T(0), b = T(0);
-        if (row < M && ka < K) a = trans_a ? A[(long long)ka * M + row] : A[(long long)row * K + ka];
-        if (kb < K && col < N) b = trans_b ? B[(long long)col * K + kb] : B[(long long)kb * N + col];
+        if (row < M && ka < K)
+            a = trans_a ? A[(long long)ka * M + row] : A[(long long)row * K + ka];
+        if (kb < K && col < N)
+            b = trans_b ? B[(long long)col * K + kb] : B[(long long)kb * N + col];
         As[threadIdx.y][threadIdx.x] = a;
         Bs[threadIdx.y][threadIdx.x] = b;
         __syncthreads();
@@ -205,7 +207,10 @@ template <typename T>
 __global__ void grad_norm_scale(const T* x, long long n, T* out, int first, int last,
                                 T max_norm) {
     double sum = 0.0;
-    for (long long i = threadIdx.x; i < n; i += REDUCE_THREADS) sum += (double)x[i] * (double)x[i];
+    for (long long i = threadIdx.x; i < n; i += REDUCE_THREADS) {
+        const double v = x[i];
+        sum += v * v;
+    }
     double s = block_sum(sum);
     if (threadIdx.x == 0) {
         if (!first) s += (double)out[0];

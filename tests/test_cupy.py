@@ -323,8 +323,8 @@ def test_device_arrays_are_used_without_copy(gpu):
     net = Network([4, 3, 2], ["relu", "identity"], device="cuda")
     out = net.forward(x)
     assert gpu.is_native(out) and out.shape == (3, 2)
-    np.testing.assert_allclose(gpu.to_numpy(out), net.to("cpu", backend="numpy").predict(gpu.to_numpy(x)),
-                               rtol=1e-5)
+    expected = net.to("cpu", backend="numpy").predict(gpu.to_numpy(x))
+    np.testing.assert_allclose(gpu.to_numpy(out), expected, rtol=1e-5)
 
 
 def test_dlpack_input_from_torch(gpu):

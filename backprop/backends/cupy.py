@@ -27,7 +27,6 @@ cores for float32 products (sm_80+); our own small-width kernel never does.
 from __future__ import annotations
 
 import importlib.resources
-import math
 import os
 import warnings
 import weakref
