@@ -58,6 +58,31 @@ def test_kernels_compile_without_warnings(source, arch, tmp_path):
         assert len(entries) == len(NAME_EXPRESSIONS), entries
 
 
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_nvrtc_compiles_the_name_expressions(arch):
+    """What CuPy's RawModule does at run time, without a device: NVRTC with the backend's
+    options resolves every name expression; the log is empty (no warnings)."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as e:  # noqa: BLE001 - no CuPy, or CuPy without its NVRTC library
+        pytest.skip(f"NVRTC through CuPy is unavailable: {type(e).__name__}: {e}")
+    program = nvrtc.createProgram(kernel_source(), SOURCE, [], [])
+    try:
+        for name in NAME_EXPRESSIONS:
+            nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, [*cupy_backend.COMPILE_OPTIONS,
+                                           f"--gpu-architecture={arch}"])
+        except Exception:
+            pytest.fail(nvrtc.getProgramLog(program))
+        assert nvrtc.getProgramLog(program).strip("\x00\n ") == ""
+        lowered = {name: nvrtc.getLoweredName(program, name) for name in NAME_EXPRESSIONS}
+        assert all(v.startswith("_Z") for v in lowered.values())
+    finally:
+        nvrtc.destroyProgram(program)
+
+
 # ---------------------------------------------------------------- CuPy-free logic
 
 def test_kernel_source_found_in_checkout():
