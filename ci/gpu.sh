@@ -43,5 +43,6 @@ stage gpu_tests_no_graphs 90 env BACKPROP_CUDA_GRAPHS=0 "$PY" -m pytest -q -ra -
 stage benchmarks 200 "$PY" benchmarks/gpu_vs_torch.py --quick --budget 150 --out "$OUT"
 stage all_tests 150 "$PY" -m pytest -q -ra -p no:cacheprovider --junitxml="$OUT/all_tests.xml" tests
 
+[ -f "$OUT/gpu_vs_torch.md" ] && cat "$OUT/gpu_vs_torch.md"
 cat "$STATUS"
 exit "$GPU_RC"

@@ -369,7 +369,7 @@ class CuPyBackend(Backend):
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
         T = _scalar(A.dtype)
         self._check(A.dtype, (A, A.shape), (mask, A.shape), (out, A.shape))
-        with self._device:
+        with self._device:   # size is needed: CuPy draws `size` values, then copies into out
             self._rng.random(size=mask.shape, dtype=mask.dtype, out=mask)
         self._launch("dropout", A.dtype, (blocks(A.size),), (THREADS,),
                      (A, mask, out, np.int64(A.size), T(rate), T(1.0 / (1.0 - rate))))
