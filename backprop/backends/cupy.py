@@ -1,0 +1,523 @@
+"""The CuPy backend: cuBLAS matrix products and fused CUDA kernels from ``kernels/``.
+
+Parameters, optimizer state and workspaces live on one GPU. Each kernel of the contract is a
+matrix product into a preallocated output (cuBLAS through ``cupy.matmul(..., out=)``, or for
+small widths our own tiled ``matmul`` kernel) followed by one fused kernel from
+``kernels/backprop.cu``: bias + activation, δ ⊙ σ'(a) (softmax: the Jacobian product), the
+output delta, the loss (added into ``total[0]`` on the device), the bias column sums, the
+clipping factor, the optimizer update (one kernel switching on ``rule.kind``), dropout. The
+templates are compiled once per process with NVRTC, for float and double, on first use.
+
+Nothing in a training step waits for the device; the loss is read once per epoch.
+
+CUDA graphs: when every width is at most ``small_width`` (256; env ``BACKPROP_CUDA_SMALL_WIDTH``)
+all matrix products are our own kernels, which, unlike cuBLAS in CuPy, can be captured.
+:meth:`CuPyBackend.train_epoch` then captures one training step for the batch shape and
+replays it once per batch: rows are gathered inside the graph from a device copy of the
+epoch's order at ``step[0] · B``, and the learning rate and Adam's bias corrections are read
+from a device table ``schedule[step[0]]`` filled once per epoch, so one capture serves every
+step and epoch. The same kernels run without graphs, so results are identical either way.
+Graphs are off with ``BACKPROP_CUDA_GRAPHS=0`` and not used with dropout.
+
+TF32: off by default, so float32 results match the CPU. ``CUPY_TF32=1`` (CuPy's own variable,
+read when CuPy is imported) or ``CuPyBackend(device, tf32=True)`` lets cuBLAS use TF32 tensor
+cores for float32 products (sm_80+); our own small-width kernel never does.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import warnings
+import weakref
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..activations import Activation, Code
+from ..losses import Loss
+from ..optimizers import UpdateRule
+from .base import Array, Backend
+
+#: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
+KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
+           "output_delta", "matmul", "column_sum", "loss", "grad_norm_scale", "update",
+           "dropout", "multiply", "take_rows")
+#: NumPy dtype name -> C type of the template argument
+CTYPES = {"float32": "float", "float64": "double"}
+#: every name expression the backend asks NVRTC for (also what the compile check instantiates)
+NAME_EXPRESSIONS = tuple(f"{k}<{c}>" for c in CTYPES.values() for k in KERNELS) + (
+    "increment<int>",)
+#: NVRTC options; no fast math, so float32 results match the CPU backends
+COMPILE_OPTIONS = ("-std=c++17",)
+SOURCE = "backprop.cu"
+
+THREADS = 256           # threads per block of the grid-stride kernels
+REDUCE_THREADS = 256    # the one block of the reductions (REDUCE_THREADS in backprop.cu)
+TILE = 16               # matmul tile (TILE in backprop.cu)
+MAX_BLOCKS = 65535      # grid-stride kernels need no more blocks than this
+MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y (matmul rows / TILE)
+SMALL_WIDTH = 256       # widths up to this use our own (capturable) matmul
+
+
+# ---------------------------------------------------------------------- CuPy-free helpers
+
+def kernel_source(name: str = SOURCE) -> str:
+    """The text of a CUDA source file: ``backprop/kernels/`` of an installed wheel, else the
+    top-level ``kernels/`` folder of a source checkout."""
+    packaged = importlib.resources.files("backprop") / "kernels" / name
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parents[2] / "kernels" / name
+    if checkout.is_file():
+        return checkout.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"CUDA source {name!r} not found in {packaged} or {checkout}")
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    """Blocks of a grid-stride launch over n items: ⌈n / threads⌉, at least 1, at most
+    MAX_BLOCKS (the loop covers the rest)."""
+    return max(1, min(-(-int(n) // threads), MAX_BLOCKS))
+
+
+def matmul_launch(M: int, N: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(grid, block) of the tiled matmul kernel for an (M, N) output."""
+    return (-(-N // TILE), -(-M // TILE), 1), (TILE, TILE, 1)
+
+
+def own_matmul(M: int, N: int, K: int, trans_a: bool, small_width: int = SMALL_WIDTH) -> bool:
+    """True when ``C (M, N) = op(A) @ op(B)`` (inner size K) runs on our tiled kernel.
+
+    The layer widths are (N, K), or (M, N) for the weight gradient (``trans_a``: δᵀ A_prev);
+    the other size is the batch. Small widths only: past ~256 cuBLAS is much faster.
+    """
+    widths = (M, N) if trans_a else (N, K)
+    return max(widths) <= small_width and -(-M // TILE) <= MAX_GRID_Y
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+# ---------------------------------------------------------------------- the backend
+
+class CuPyBackend(Backend):
+    """Kernels as cuBLAS products and fused RawModule kernels on one CUDA device."""
+
+    name = "cupy"
+
+    def __init__(self, device: str = "cuda:0", tf32: bool | None = None) -> None:
+        super().__init__(device)
+        import cupy
+        self.xp = cupy
+        self.index = _device_index(device)
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+            error = ""
+        except cupy.cuda.runtime.CUDARuntimeError as e:
+            count, error = 0, f" ({e})"
+        if count == 0:
+            raise RuntimeError(f"device {device!r}: CuPy is installed but no CUDA device is "
+                               f"visible{error}; check the NVIDIA driver and CUDA_VISIBLE_DEVICES")
+        if self.index >= count:
+            raise RuntimeError(f"device {device!r}: only {count} CUDA device(s) are visible "
+                               f"(cuda:0 … cuda:{count - 1})")
+        self._device = cupy.cuda.Device(self.index)
+        #: TF32 tensor cores for float32 cuBLAS products (off by default)
+        self.tf32 = _env_flag("CUPY_TF32") if tf32 is None else bool(tf32)
+        #: capture and replay training steps as CUDA graphs where possible
+        self.graphs = os.environ.get("BACKPROP_CUDA_GRAPHS", "1") != "0"
+        #: widths up to this use our own matmul kernel (and allow graphs); 0: always cuBLAS
+        self.small_width = int(os.environ.get("BACKPROP_CUDA_SMALL_WIDTH", SMALL_WIDTH))
+        self._module: Any = None
+        self._functions: dict[tuple[str, str], Any] = {}
+        self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
+        self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
+        self.seed(None)
+
+    # ------------------------------------------------------------------ compiling, launching
+
+    def _kernel(self, name: str, dtype: Any) -> Any:
+        """The compiled ``name<ctype>`` (the module is compiled on first use)."""
+        key = (name, np.dtype(dtype).name)
+        fn = self._functions.get(key)
+        if fn is None:
+            if self._module is None:
+                with self._device:
+                    self._module = self.xp.RawModule(code=kernel_source(),
+                                                     options=COMPILE_OPTIONS,
+                                                     name_expressions=NAME_EXPRESSIONS)
+            ctype = "int" if name == "increment" else CTYPES[key[1]]
+            with self._device:
+                fn = self._functions[key] = self._module.get_function(f"{name}<{ctype}>")
+        return fn
+
+    def _launch(self, name: str, dtype: Any, grid: Any, block: Any, args: tuple) -> None:
+        with self._device:
+            self._kernel(name, dtype)(grid, block, args)
+
+    def _check(self, dtype: Any, *pairs: tuple[Array, tuple[int, ...]]) -> None:
+        """Each array is a C-contiguous array of this device, of ``dtype`` and its shape."""
+        for x, shape in pairs:
+            if not self.is_native(x) or not x.flags.c_contiguous or x.dtype != dtype:
+                raise ValueError(f"expected a C-contiguous {np.dtype(dtype).name} array on "
+                                 f"{self.device}, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+            if tuple(x.shape) != tuple(shape):
+                raise ValueError(f"expected an array of shape {tuple(shape)}, got {tuple(x.shape)}")
+
+    def _matmul(self, a: Array, trans_a: bool, b: Array, trans_b: bool, out: Array) -> None:
+        """``out (M, N) = op(a) @ op(b)``; op transposes a stored array when asked."""
+        M, N = out.shape
+        K = a.shape[0] if trans_a else a.shape[1]
+        if own_matmul(M, N, K, trans_a, self.small_width):
+            grid, block = matmul_launch(M, N)
+            self._launch("matmul", out.dtype, grid, block,
+                         (a, b, out, np.int32(M), np.int32(N), np.int32(K),
+                          np.int32(trans_a), np.int32(trans_b)))
+            return
+        with self._device:
+            if self.tf32 and out.dtype == np.float32:
+                self._cublas_tf32(a.T if trans_a else a, b.T if trans_b else b, out)
+            else:
+                self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    def _cublas_tf32(self, a: Array, b: Array, out: Array) -> None:
+        from cupy_backends.cuda.libs import cublas
+        handle = self._device.cublas_handle
+        cublas.setMathMode(handle, getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", 3))
+        try:
+            self.xp.matmul(a, b, out=out)
+        finally:
+            cublas.setMathMode(handle, getattr(cublas, "CUBLAS_DEFAULT_MATH", 0))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        with self._device:
+            return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Array:
+        with self._device:
+            return self.xp.zeros(shape, dtype=dtype)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """NumPy input is copied to the device once; CuPy arrays of this device and foreign
+        device arrays (``__cuda_array_interface__``, DLPack) are used without a copy when
+        dtype and layout already fit."""
+        cp = self.xp
+        with self._device:
+            if not isinstance(x, cp.ndarray):
+                if hasattr(x, "__cuda_array_interface__"):
+                    x = cp.asarray(x)                     # Numba, PyTorch, JAX... (no copy)
+                elif hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+                    x = cp.from_dlpack(x)                 # no copy
+                else:
+                    host = np.asarray(x, dtype=dtype)     # cast on the host, copy once
+                    return cp.asarray(np.ascontiguousarray(host))
+            if x.device.id != self.index:                 # another GPU: one peer copy
+                with x.device:
+                    src = cp.ascontiguousarray(x)
+                x = cp.empty(src.shape, src.dtype)
+                x.data.copy_from_device(src.data, src.nbytes)
+            if dtype is not None and x.dtype != dtype:
+                x = x.astype(dtype)
+            return cp.ascontiguousarray(x)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        if isinstance(x, self.xp.ndarray):
+            return self.xp.asnumpy(x)
+        return np.asarray(x)
+
+    def is_native(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray) and x.device.id == self.index
+
+    def all_finite(self, x: Array) -> bool:
+        with self._device:
+            return bool(self.xp.isfinite(x).all())
+
+    def synchronize(self) -> None:
+        self._device.synchronize()
+
+    def seed(self, seed: int | None) -> None:
+        with self._device:
+            self._rng = self.xp.random.default_rng(seed)
+
+    def take_rows(self, X: Array, index: Array, out: Array) -> None:
+        rows, cols = out.shape
+        self._check(X.dtype, (X, (X.shape[0], cols)), (out, (rows, cols)))
+        self._check(np.int64, (index, (rows,)))
+        self._launch("take_rows", X.dtype, (blocks(rows * cols),), (THREADS,),
+                     (X, index, np.uint64(0), out, np.int64(rows * cols), np.int64(rows),
+                      np.int64(cols)))
+
+    def copy(self, src: Array, out: Array) -> None:
+        if not self.is_native(src):
+            src = self.asarray(src, out.dtype)
+        with self._device:
+            self.xp.copyto(out, src)
+
+    # ------------------------------------------------------------------ kernels
+
+    def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
+                Z: Array, A: Array) -> None:
+        B, n_in = A_prev.shape
+        n_out = W.shape[0]
+        T = _scalar(W.dtype)
+        self._check(W.dtype, (A_prev, (B, n_in)), (W, (n_out, n_in)), (b, (n_out,)),
+                    (Z, (B, n_out)), (A, (B, n_out)))
+        self._matmul(A_prev, False, W, True, Z)
+        if activation.code == Code.SOFTMAX:
+            self._launch("bias_softmax", W.dtype, (blocks(B),), (THREADS,),
+                         (b, Z, A, np.int64(B), np.int64(n_out)))
+        else:
+            self._launch("bias_activation", W.dtype, (blocks(B * n_out),), (THREADS,),
+                         (b, Z, A, np.int64(B * n_out), np.int64(n_out),
+                          np.int32(activation.code), T(activation.alpha)))
+
+    def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
+                     delta: Array) -> None:
+        B, n = A.shape
+        T = _scalar(A.dtype)
+        self._check(A.dtype, (A, (B, n)), (Y, (B, n)), (delta, (B, n)))
+        fused = loss.fused_with(activation)
+        jacobian = activation.code == Code.SOFTMAX and not fused
+        inv_batch = T(1.0 / B)
+        self._launch("output_delta", A.dtype, (blocks(B * n),), (THREADS,),
+                     (A, Y, delta, np.int64(B * n), np.int32(activation.code),
+                      T(activation.alpha), np.int32(fused or jacobian),
+                      T(1) if jacobian else inv_batch))
+        if jacobian:   # mse + softmax: a ⊙ (g - Σ g a) / B with g = ŷ - y
+            self._launch("softmax_backward", A.dtype, (blocks(B),), (THREADS,),
+                         (delta, A, np.int64(B), np.int64(n), inv_batch))
+
+    def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
+              delta: Array) -> None:
+        B, n = A.shape
+        n_next = W_next.shape[0]
+        T = _scalar(A.dtype)
+        self._check(A.dtype, (delta_next, (B, n_next)), (W_next, (n_next, n)), (A, (B, n)),
+                    (delta, (B, n)))
+        self._matmul(delta_next, False, W_next, False, delta)
+        if activation.code == Code.SOFTMAX:
+            self._launch("softmax_backward", A.dtype, (blocks(B),), (THREADS,),
+                         (delta, A, np.int64(B), np.int64(n), T(1)))
+        elif activation.code != Code.IDENTITY:
+            self._launch("activation_backward", A.dtype, (blocks(B * n),), (THREADS,),
+                         (delta, A, np.int64(B * n), np.int32(activation.code),
+                          T(activation.alpha)))
+
+    def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
+        B, n = delta.shape
+        n_in = A_prev.shape[1]
+        self._check(delta.dtype, (delta, (B, n)), (A_prev, (B, n_in)), (dW, (n, n_in)),
+                    (db, (n,)))
+        self._matmul(delta, True, A_prev, False, dW)
+        self._launch("column_sum", delta.dtype, (blocks(n),), (THREADS,),
+                     (delta, db, np.int64(B), np.int64(n)))
+
+    def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
+             total: Array) -> None:
+        B, n = A.shape
+        self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)), (total, (1,)))
+        self._launch("loss", A.dtype, (1,), (REDUCE_THREADS,),
+                     (A, Z, Y, np.int64(B), np.int64(n), np.int32(loss.code), total))
+
+    def update(self, param: Array, grad: Array, state: tuple[Array, ...],
+               rule: UpdateRule) -> None:
+        T = _scalar(param.dtype)
+        self._check(param.dtype, (param, param.shape), (grad, param.shape),
+                    *((s, param.shape) for s in state))
+        needed = {1: 1, 2: 1, 3: 2}.get(rule.kind, 0)
+        if len(state) < needed:
+            raise ValueError(f"update: kind {rule.kind} needs {needed} state arrays, "
+                             f"got {len(state)}")
+        null = np.uint64(0)
+        s0 = state[0] if len(state) > 0 else null
+        s1 = state[1] if len(state) > 1 else null
+        scale = rule.grad_scale
+        if isinstance(scale, self.xp.ndarray):
+            self._check(param.dtype, (scale, (1,)))
+            scale_value, scale_ptr = T(1), scale
+        else:
+            scale_value, scale_ptr = T(float(scale)), null
+        schedule, step = self._capture if self._capture is not None else (null, null)
+        n = param.size
+        self._launch("update", param.dtype, (blocks(n),), (THREADS,),
+                     (param, grad, s0, s1, np.int64(n), np.int32(rule.kind),
+                      T(rule.learning_rate), T(rule.momentum), np.int32(rule.nesterov),
+                      T(rule.beta1), T(rule.beta2), T(rule.eps), T(rule.bias_correction1),
+                      T(rule.bias_correction2), T(rule.weight_decay), T(rule.l1), T(rule.l2),
+                      scale_value, scale_ptr, schedule, step))
+
+    def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
+        T = _scalar(out.dtype)
+        self._check(out.dtype, (out, (1,)), *((g, g.shape) for g in grads))
+        if not grads:
+            with self._device:
+                out.fill(1)
+            return
+        for i, g in enumerate(grads):
+            self._launch("grad_norm_scale", out.dtype, (1,), (REDUCE_THREADS,),
+                         (g, np.int64(g.size), out, np.int32(i == 0),
+                          np.int32(i == len(grads) - 1), T(max_norm)))
+
+    def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
+        T = _scalar(A.dtype)
+        self._check(A.dtype, (A, A.shape), (mask, A.shape), (out, A.shape))
+        with self._device:   # size is needed: CuPy draws `size` values, then copies into out
+            self._rng.random(size=mask.shape, dtype=mask.dtype, out=mask)
+        self._launch("dropout", A.dtype, (blocks(A.size),), (THREADS,),
+                     (A, mask, out, np.int64(A.size), T(rate), T(1.0 / (1.0 - rate))))
+
+    def multiply(self, x: Array, y: Array) -> None:
+        self._check(x.dtype, (x, x.shape), (y, x.shape))
+        self._launch("multiply", x.dtype, (blocks(x.size),), (THREADS,),
+                     (x, y, np.int64(x.size)))
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
+                    batch_size: int, optimizer: Any, learning_rate: float, l1: float,
+                    l2: float, clip_norm: float | None, total: Array) -> bool:
+        """The epoch's full batches as replays of one captured step (see the module
+        docstring), then the partial batch eagerly. False (nothing done) where graphs do not
+        apply: graphs off, dropout, a width above ``small_width``, fewer than two batches,
+        or a failed capture."""
+        n = X.shape[0]
+        steps = n // batch_size
+        ws = network.workspace(batch_size)
+        if not (self.graphs and steps >= 2 and total is ws.total
+                and not any(network.dropout)
+                and max(network.layer_sizes) <= self.small_width
+                and -(-batch_size // TILE) <= MAX_GRID_Y
+                and self.is_native(X) and self.is_native(Y)
+                and X.flags.c_contiguous and Y.flags.c_contiguous
+                and (order is None or (self.is_native(order) and order.dtype == np.int64))
+                and hasattr(self.xp.cuda.Stream, "begin_capture")
+                and not self.xp.cuda.runtime.is_hip):
+            return False
+        plan = self._graph_plan(network, ws, X, Y, order is None, optimizer, learning_rate,
+                                l1, l2, clip_norm, steps)
+        if plan is None:
+            return False
+        schedule = np.empty((steps, 3), dtype=network.dtype)
+        for k in range(steps):                     # the step counter advances as eagerly
+            rule, _ = optimizer.rules(learning_rate, l1, l2)
+            schedule[k] = (rule.learning_rate, rule.bias_correction1, rule.bias_correction2)
+        cp = self.xp
+        with self._device:
+            current = cp.cuda.get_current_stream()
+            stream = plan.stream
+            stream.wait_event(current.record())
+            with stream:
+                plan.schedule.set(schedule, stream=stream)
+                if order is not None:
+                    cp.copyto(plan.index, order)
+                plan.step.fill(0)
+                for _ in range(steps):
+                    plan.graph.launch(stream)
+            current.wait_event(stream.record())
+        tail = n - steps * batch_size
+        if tail:                                   # the partial batch, as run_epoch does it
+            ws_tail = network.workspace(tail)
+            if order is None:
+                Xb, Yb = X[steps * batch_size:], Y[steps * batch_size:]
+            else:
+                self.take_rows(X, order[steps * batch_size:], ws_tail.X)
+                self.take_rows(Y, order[steps * batch_size:], ws_tail.Y)
+                Xb, Yb = ws_tail.X, ws_tail.Y
+            network.train_step(ws_tail, Xb, Yb, optimizer, learning_rate, l1, l2, clip_norm)
+        return True
+
+    def _graph_plan(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
+                    optimizer: Any, learning_rate: float, l1: float, l2: float,
+                    clip_norm: float | None, steps: int) -> "_GraphPlan | None":
+        """The captured step for this configuration (captured once, kept per network)."""
+        grads = network.gradients()                # allocate before capturing
+        arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta,
+                  *network.parameters(), *(g for pair in grads for g in pair),
+                  *(s for st in optimizer.state for s in st)]
+        key = (tuple(a.data.ptr for a in arrays), tuple(tuple(a.shape) for a in arrays),
+               ws.batch, stored_order, id(optimizer), repr(optimizer), optimizer.kind,
+               l1, l2, clip_norm, tuple(map(str, network.activations)),
+               network.loss_function.name, steps)
+        plan = self._plans.get(network)
+        if plan is not None and plan.key == key:
+            return plan
+        try:
+            plan = self._capture_step(network, ws, X, Y, stored_order, optimizer,
+                                      learning_rate, l1, l2, clip_norm, steps, key, arrays)
+        except RuntimeError as e:                  # CUDA/CuPy refused the capture
+            warnings.warn(f"CUDA graph capture failed, training without graphs: {e}",
+                          RuntimeWarning, stacklevel=4)
+            self.graphs = False
+            return None
+        self._plans[network] = plan
+        return plan
+
+    def _capture_step(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
+                      optimizer: Any, learning_rate: float, l1: float, l2: float,
+                      clip_norm: float | None, steps: int, key: tuple,
+                      arrays: list) -> "_GraphPlan":
+        cp = self.xp
+        dtype = network.dtype
+        for name in KERNELS:                       # compile and load before capturing
+            getattr(self._kernel(name, dtype), "attributes", None)
+        getattr(self._kernel("increment", np.int32), "attributes", None)
+        with self._device:
+            plan = _GraphPlan(key, arrays, stream=cp.cuda.Stream(non_blocking=True),
+                              schedule=cp.zeros((steps, 3), dtype),
+                              index=None if stored_order else cp.zeros((X.shape[0],), np.int64),
+                              step=cp.zeros((1,), np.int32))
+        rows = ws.batch
+        null = np.uint64(0)
+        t = optimizer.t
+        with self._device, plan.stream:
+            plan.stream.begin_capture()
+            try:
+                for source, out in ((X, ws.X), (Y, ws.Y)):
+                    cols = out.shape[1]
+                    self._launch("take_rows", dtype, (blocks(rows * cols),), (THREADS,),
+                                 (source, null if stored_order else plan.index, plan.step, out,
+                                  np.int64(rows * cols), np.int64(rows), np.int64(cols)))
+                self._capture = (plan.schedule, plan.step)
+                network.train_step(ws, ws.X, ws.Y, optimizer, learning_rate, l1, l2, clip_norm)
+                self._launch("increment", np.int32, (1,), (1,), (plan.step,))
+            finally:
+                self._capture = None
+                optimizer.t = t
+                graph = plan.stream.end_capture()
+        plan.graph = graph
+        return plan
+
+
+class _GraphPlan:
+    """One captured training step and the device buffers its replays read."""
+
+    def __init__(self, key: tuple, arrays: list, stream: Any, schedule: Array,
+                 index: Array | None, step: Array) -> None:
+        self.key = key
+        self.arrays = arrays        # kept alive: the graph holds their addresses
+        self.stream = stream
+        self.schedule = schedule    # (steps, 3): η, 1 - β₁ᵗ, 1 - β₂ᵗ of each step
+        self.index = index          # the epoch's order (None: stored order)
+        self.step = step            # the step being replayed
+        self.graph: Any = None
+
+
+def _scalar(dtype: Any) -> Any:
+    """The NumPy scalar type kernel arguments of type T must have."""
+    return np.dtype(dtype).type
+
+
+def _dlpack_on_cuda(x: Any) -> bool:
+    """True when a DLPack producer holds CUDA device memory (kDLCUDA = 2, managed = 13)."""
+    try:
+        return int(x.__dlpack_device__()[0]) in (2, 13)
+    except (AttributeError, TypeError, ValueError):
+        return False

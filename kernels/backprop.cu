@@ -1,0 +1,311 @@
+// CUDA kernels of the CuPy backend (backprop/backends/cupy.py).
+//
+// Compiled at run time by NVRTC through cupy.RawModule(name_expressions=[...]): each kernel is
+// a template over the float type T and is instantiated for float and double by its name
+// expression ("bias_activation<float>", ...); the list lives in cupy.py (NAME_EXPRESSIONS).
+// No #include: NVRTC has no standard headers, the CUDA math functions are built in.
+//
+// Layout: row-major (C-contiguous) arrays; a batch has `rows` samples of `cols` units.
+// The integer codes are those of backprop/activations.py (Code), backprop/losses.py and
+// backprop/optimizers.py. Elementwise kernels use grid-stride loops; the reductions (loss,
+// gradient norm) run in one block of REDUCE_THREADS threads so their order is fixed and the
+// results are deterministic (identical with and without CUDA graphs).
+
+enum { IDENTITY = 0, SIGMOID = 1, TANH = 2, RELU = 3, LEAKY_RELU = 4, ELU = 5, SOFTMAX = 6 };
+enum { MSE = 0, BINARY_CROSS_ENTROPY = 1, CROSS_ENTROPY = 2 };
+enum { SGD = 0, MOMENTUM = 1, RMSPROP = 2, ADAM = 3 };
+
+#define REDUCE_THREADS 256
+#define TILE 16
+
+#define GRID_STRIDE(i, n)                                                             \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);       \
+         i += (long long)blockDim.x * gridDim.x)
+
+// ---------------------------------------------------------------- activations
+
+// σ(z) for an elementwise activation (softmax is the row kernel bias_softmax).
+template <typename T>
+__device__ T activate(T z, int code, T alpha) {
+    switch (code) {
+        case SIGMOID: return T(0.5) * tanh(z * T(0.5)) + T(0.5);   // ½ (1 + tanh(z/2))
+        case TANH: return tanh(z);
+        case RELU: return z > T(0) ? z : T(0);
+        case LEAKY_RELU: return z < T(0) ? alpha * z : z;
+        case ELU: return z > T(0) ? z : alpha * expm1(z);
+        default: return z;                                          // identity
+    }
+}
+
+// σ'(z) written in terms of a = σ(z) (exact for every elementwise activation).
+template <typename T>
+__device__ T derivative(T a, int code, T alpha) {
+    switch (code) {
+        case SIGMOID: return a * (T(1) - a);
+        case TANH: return T(1) - a * a;
+        case RELU: return a > T(0) ? T(1) : T(0);
+        case LEAKY_RELU: return a > T(0) ? T(1) : alpha;
+        case ELU: return a > T(0) ? T(1) : a + alpha;
+        default: return T(1);                                       // identity
+    }
+}
+
+// Z[r, c] += b[c]; A = σ(Z). Z may equal A. n = rows * cols.
+template <typename T>
+__global__ void bias_activation(const T* b, T* Z, T* A, long long n, long long cols,
+                                int code, T alpha) {
+    GRID_STRIDE(i, n) {
+        T z = Z[i] + b[i % cols];
+        Z[i] = z;
+        A[i] = activate(z, code, alpha);
+    }
+}
+
+// Z[r, :] += b; A[r, :] = exp(Z[r, :] - max) / Σ exp(Z[r, :] - max). One thread per row.
+template <typename T>
+__global__ void bias_softmax(const T* b, T* Z, T* A, long long rows, long long cols) {
+    GRID_STRIDE(r, rows) {
+        T* z = Z + r * cols;
+        T* a = A + r * cols;
+        T top = z[0] + b[0];
+        for (long long c = 0; c < cols; ++c) {
+            T v = z[c] + b[c];
+            z[c] = v;
+            top = v > top ? v : top;
+        }
+        T sum = T(0);
+        for (long long c = 0; c < cols; ++c) {
+            a[c] = exp(z[c] - top);
+            sum += a[c];
+        }
+        for (long long c = 0; c < cols; ++c) a[c] = a[c] / sum;
+    }
+}
+
+// G ← G ⊙ σ'(a), elementwise activations. n = rows * cols.
+template <typename T>
+__global__ void activation_backward(T* G, const T* A, long long n, int code, T alpha) {
+    GRID_STRIDE(i, n) G[i] = G[i] * derivative(A[i], code, alpha);
+}
+
+// Softmax Jacobian product per row: G ← scale · a ⊙ (G - Σ_j G_j a_j). One thread per row.
+template <typename T>
+__global__ void softmax_backward(T* G, const T* A, long long rows, long long cols, T scale) {
+    GRID_STRIDE(r, rows) {
+        T* g = G + r * cols;
+        const T* a = A + r * cols;
+        T dot = T(0);
+        for (long long c = 0; c < cols; ++c) dot += g[c] * a[c];
+        for (long long c = 0; c < cols; ++c) g[c] = (g[c] - dot) * a[c] * scale;
+    }
+}
+
+// δ_L = (ŷ - y) ⊙ σ'(a) / B, or (ŷ - y) / B when `fused` (the seeds' simplified pairs).
+template <typename T>
+__global__ void output_delta(const T* A, const T* Y, T* delta, long long n, int code, T alpha,
+                             int fused, T inv_batch) {
+    GRID_STRIDE(i, n) {
+        T g = A[i] - Y[i];
+        if (!fused) g = g * derivative(A[i], code, alpha);
+        delta[i] = g * inv_batch;
+    }
+}
+
+// ---------------------------------------------------------------- matrix products
+
+// C (M, N) = op(A) (M, K) @ op(B) (K, N), row-major; op(A) = A.T when trans_a (A stored
+// (K, M)), op(B) = B.T when trans_b (B stored (N, K)). Shared-memory tiles of TILE × TILE;
+// block (TILE, TILE), grid (⌈N/TILE⌉, ⌈M/TILE⌉). Used for small widths, where it can be
+// captured in a CUDA graph (cuBLAS cannot be, in CuPy). Each output sums k in order.
+template <typename T>
+__global__ void matmul(const T* A, const T* B, T* C, int M, int N, int K, int trans_a,
+                       int trans_b) {
+    __shared__ T As[TILE][TILE + 1];
+    __shared__ T Bs[TILE][TILE + 1];
+    const int row = blockIdx.y * TILE + threadIdx.y;
+    const int col = blockIdx.x * TILE + threadIdx.x;
+    T acc = T(0);
+    for (int k0 = 0; k0 < K; k0 += TILE) {
+        const int ka = k0 + threadIdx.x;     // column of op(A) loaded by this thread
+        const int kb = k0 + threadIdx.y;     // row of op(B) loaded by this thread
+        T a = T(0), b = T(0);
+        if (row < M && ka < K)
+            a = trans_a ? A[(long long)ka * M + row] : A[(long long)row * K + ka];
+        if (kb < K && col < N)
+            b = trans_b ? B[(long long)col * K + kb] : B[(long long)kb * N + col];
+        As[threadIdx.y][threadIdx.x] = a;
+        Bs[threadIdx.y][threadIdx.x] = b;
+        __syncthreads();
+        for (int k = 0; k < TILE; ++k) acc += As[threadIdx.y][k] * Bs[k][threadIdx.x];
+        __syncthreads();
+    }
+    if (row < M && col < N) C[(long long)row * N + col] = acc;
+}
+
+// db[c] = Σ_r delta[r, c]: the bias gradient. One thread per column (coalesced rows).
+template <typename T>
+__global__ void column_sum(const T* delta, T* db, long long rows, long long cols) {
+    GRID_STRIDE(c, cols) {
+        double s = 0.0;
+        for (long long r = 0; r < rows; ++r) s += (double)delta[r * cols + c];
+        db[c] = (T)s;
+    }
+}
+
+// ---------------------------------------------------------------- reductions
+
+// The sum of v over the block, valid in thread 0. blockDim.x == REDUCE_THREADS.
+__device__ double block_sum(double v) {
+    __shared__ double partial[REDUCE_THREADS];
+    partial[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = REDUCE_THREADS / 2; half > 0; half /= 2) {
+        if ((int)threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    return partial[0];
+}
+
+// total[0] += Σ_samples L(ŷ, y). One block of REDUCE_THREADS threads, a thread per row:
+//   mse:                  ½ Σ (ŷ - y)²
+//   binary_cross_entropy: Σ max(z, 0) - y z + log1p(exp(-|z|))
+//   cross_entropy:        Σ_i y_i (logsumexp(z) - z_i)
+template <typename T>
+__global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long long cols,
+                     int loss_code, T* total) {
+    double sum = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
+        const T* a = A + r * cols;
+        const T* z = Z + r * cols;
+        const T* y = Y + r * cols;
+        if (loss_code == MSE) {
+            for (long long c = 0; c < cols; ++c) {
+                double d = (double)a[c] - (double)y[c];
+                sum += 0.5 * d * d;
+            }
+        } else if (loss_code == BINARY_CROSS_ENTROPY) {
+            for (long long c = 0; c < cols; ++c) {
+                double v = z[c];
+                sum += (v > 0.0 ? v : 0.0) - (double)y[c] * v + log1p(exp(-fabs(v)));
+            }
+        } else {  // CROSS_ENTROPY
+            double top = z[0];
+            for (long long c = 1; c < cols; ++c) top = (double)z[c] > top ? (double)z[c] : top;
+            double e = 0.0;
+            for (long long c = 0; c < cols; ++c) e += exp((double)z[c] - top);
+            double lse = top + log(e);
+            for (long long c = 0; c < cols; ++c) sum += (double)y[c] * (lse - (double)z[c]);
+        }
+    }
+    double s = block_sum(sum);
+    if (threadIdx.x == 0) total[0] += (T)s;
+}
+
+// Gradient clipping, one launch per gradient array x of the step (first … last):
+// out[0] accumulates Σ x²; the last launch replaces it by min(1, max_norm / ‖g‖).
+template <typename T>
+__global__ void grad_norm_scale(const T* x, long long n, T* out, int first, int last,
+                                T max_norm) {
+    double sum = 0.0;
+    for (long long i = threadIdx.x; i < n; i += REDUCE_THREADS) {
+        const double v = x[i];
+        sum += v * v;
+    }
+    double s = block_sum(sum);
+    if (threadIdx.x == 0) {
+        if (!first) s += (double)out[0];
+        if (last) {
+            double norm = sqrt(s);
+            s = norm <= (double)max_norm ? 1.0 : (double)max_norm / norm;
+        }
+        out[0] = (T)s;
+    }
+}
+
+// ---------------------------------------------------------------- optimizer
+
+// One optimizer step for one parameter array of n elements, in place (optimizers.py):
+//   g = grad_scale · grad + l1 · sign(p) + 2 l2 · p;   AdamW first: p ← (1 - η λ) p
+//   SGD p -= η g | momentum v = μ v + g, p -= η v (Nesterov η (g + μ v))
+//   RMSProp s = ρ s + (1 - ρ) g², p -= η g / (√s + ε)
+//   Adam m = β₁ m + (1 - β₁) g, v = β₂ v + (1 - β₂) g², p -= (η / c₁) m / (√(v / c₂) + ε)
+// grad_scale_ptr (device, may be null) overrides grad_scale; schedule (may be null) holds
+// [η, c₁, c₂] per step, read at schedule[3 · step[0]] (CUDA graphs replay one capture).
+template <typename T>
+__global__ void update(T* param, const T* grad, T* s0, T* s1, long long n, int kind,
+                       T learning_rate, T momentum, int nesterov, T beta1, T beta2, T eps,
+                       T bias_correction1, T bias_correction2, T weight_decay, T l1, T l2,
+                       T grad_scale, const T* grad_scale_ptr, const T* schedule,
+                       const int* step) {
+    T lr = learning_rate, c1 = bias_correction1, c2 = bias_correction2;
+    if (schedule) {
+        const T* s = schedule + 3LL * step[0];
+        lr = s[0];
+        c1 = s[1];
+        c2 = s[2];
+    }
+    const T scale = grad_scale_ptr ? grad_scale_ptr[0] : grad_scale;
+    GRID_STRIDE(i, n) {
+        T p = param[i];
+        T g = grad[i] * scale;
+        if (l1 != T(0)) g += l1 * (p > T(0) ? T(1) : (p < T(0) ? T(-1) : T(0)));
+        if (l2 != T(0)) g += T(2) * l2 * p;
+        if (weight_decay != T(0)) p = p * (T(1) - lr * weight_decay);
+        T change;
+        if (kind == MOMENTUM) {
+            T v = momentum * s0[i] + g;
+            s0[i] = v;
+            change = nesterov ? lr * (momentum * v + g) : lr * v;
+        } else if (kind == RMSPROP) {
+            T s = beta2 * s0[i] + (T(1) - beta2) * (g * g);
+            s0[i] = s;
+            change = lr * (g / (sqrt(s) + eps));
+        } else if (kind == ADAM) {
+            T m = beta1 * s0[i] + (T(1) - beta1) * g;
+            T v = beta2 * s1[i] + (T(1) - beta2) * (g * g);
+            s0[i] = m;
+            s1[i] = v;
+            change = (lr / c1) * (m / (sqrt(v / c2) + eps));
+        } else {  // SGD
+            change = lr * g;
+        }
+        param[i] = p - change;
+    }
+}
+
+// ---------------------------------------------------------------- plumbing
+
+// Inverted dropout: mask holds uniform u on entry; mask = (u >= rate) · scale, out = A ⊙ mask.
+template <typename T>
+__global__ void dropout(const T* A, T* mask, T* out, long long n, T rate, T scale) {
+    GRID_STRIDE(i, n) {
+        T m = mask[i] >= rate ? scale : T(0);
+        mask[i] = m;
+        out[i] = A[i] * m;
+    }
+}
+
+// x ← x ⊙ y.
+template <typename T>
+__global__ void multiply(T* x, const T* y, long long n) {
+    GRID_STRIDE(i, n) x[i] = x[i] * y[i];
+}
+
+// out[r, :] = X[index[base + r], :] with base = step[0] · rows (0 without step); no index:
+// rows base … base + rows - 1. n = rows · cols.
+template <typename T>
+__global__ void take_rows(const T* X, const long long* index, const int* step, T* out,
+                          long long n, long long rows, long long cols) {
+    const long long base = step ? (long long)step[0] * rows : 0;
+    GRID_STRIDE(i, n) {
+        const long long r = i / cols;
+        const long long source = index ? index[base + r] : base + r;
+        out[i] = X[source * cols + i % cols];
+    }
+}
+
+// counter[0] += 1: the step number a CUDA graph replay reads (schedule, batch rows).
+template <typename T>
+__global__ void increment(T* counter) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += T(1);
+}

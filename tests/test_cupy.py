@@ -1,0 +1,379 @@
+"""GPU tests of the CuPy backend: every kernel equals the NumPy backend, CUDA graphs change
+nothing, ``to("cpu")``/``to("cuda")`` round trips, DLPack input, TF32 off by default.
+
+Marked ``gpu``; skipped with the reason when CuPy or a CUDA device is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backprop import Network
+from backprop.activations import ACTIVATIONS
+from backprop.backends import get_backend, is_installed
+from backprop.backends.numpy import NumPyBackend
+from backprop.losses import LOSSES
+from backprop.optimizers import (ADAM_KIND, MOMENTUM_KIND, RMSPROP_KIND, SGD_KIND,
+                                 UpdateRule)
+
+ROOT = Path(__file__).resolve().parents[1]
+RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
+
+
+def _why_no_gpu() -> str | None:
+    if not is_installed("cupy"):
+        return "CuPy is not installed"
+    try:
+        get_backend("cuda", "cupy")
+    except (ImportError, RuntimeError) as e:
+        return f"no usable CUDA device: {e}"
+    return None
+
+
+REASON = _why_no_gpu()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture
+def gpu():
+    return get_backend("cuda", "cupy")
+
+
+def close(actual, expected, dtype, what=""):
+    a = np.asarray(get_backend("cuda", "cupy").to_numpy(actual), np.float64)
+    e = np.asarray(expected, np.float64)
+    assert a.shape == e.shape, what
+    err, scale = np.linalg.norm(a - e), max(np.linalg.norm(e), 1e-300)
+    assert err <= RTOL[np.dtype(dtype)] * scale, f"{what}: relative error {err / scale:.3g}"
+
+
+def arrays(rng, dtype, *shapes):
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+# ---------------------------------------------------------------- each kernel vs NumPy
+
+WIDTHS = [(8, 5), (300, 270)]     # own tiled matmul / cuBLAS
+
+
+@pytest.mark.parametrize("n_in,n_out", WIDTHS)
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+def test_forward_and_delta(dtype, gpu, act, n_in, n_out):
+    rng = np.random.default_rng(0)
+    cpu, activation = NumPyBackend(), ACTIVATIONS[act]()
+    B = 37
+    A_prev, W, b = arrays(rng, dtype, (B, n_in), (n_out, n_in), (n_out,))
+    Z, A = np.empty((B, n_out), dtype), np.empty((B, n_out), dtype)
+    cpu.forward(A_prev, W, b, activation, Z, A)
+    Zg, Ag = gpu.empty((B, n_out), dtype), gpu.empty((B, n_out), dtype)
+    gpu.forward(gpu.asarray(A_prev), gpu.asarray(W), gpu.asarray(b), activation, Zg, Ag)
+    close(Zg, Z, dtype, "Z")
+    close(Ag, A, dtype, "A")
+    # the hidden-layer error with this layer's activation: δ = (δ_next W_next) ⊙ σ'(A)
+    n_next = 6
+    delta_next, W_next = arrays(rng, dtype, (B, n_next), (n_next, n_out))
+    delta = np.empty((B, n_out), dtype)
+    cpu.delta(delta_next, W_next, A, activation, delta)
+    dg = gpu.empty((B, n_out), dtype)
+    gpu.delta(gpu.asarray(delta_next), gpu.asarray(W_next), gpu.asarray(A), activation, dg)
+    close(dg, delta, dtype, "delta")
+
+
+@pytest.mark.parametrize("n_in,n", WIDTHS)
+def test_weight_grad(dtype, gpu, n_in, n):
+    rng = np.random.default_rng(1)
+    delta, A_prev = arrays(rng, dtype, (129, n), (129, n_in))
+    dW, db = np.empty((n, n_in), dtype), np.empty(n, dtype)
+    NumPyBackend().weight_grad(delta, A_prev, dW, db)
+    dWg, dbg = gpu.empty((n, n_in), dtype), gpu.empty((n,), dtype)
+    gpu.weight_grad(gpu.asarray(delta), gpu.asarray(A_prev), dWg, dbg)
+    close(dWg, dW, dtype, "dW")
+    close(dbg, db, dtype, "db")
+
+
+PAIRINGS = [("mse", a) for a in sorted(ACTIVATIONS)] + [
+    ("binary_cross_entropy", "sigmoid"), ("cross_entropy", "softmax")]
+
+
+@pytest.mark.parametrize("loss,act", PAIRINGS)
+def test_output_delta_and_loss(dtype, gpu, loss, act):
+    rng = np.random.default_rng(2)
+    cpu, activation, lossf = NumPyBackend(), ACTIVATIONS[act](), LOSSES[loss]
+    B, n = 300, 7
+    Z = rng.standard_normal((B, n)).astype(dtype)
+    A = np.empty_like(Z)
+    cpu._activate(Z.copy(), activation, A)
+    if loss == "cross_entropy":
+        Y = np.eye(n, dtype=dtype)[rng.integers(0, n, B)]
+    else:
+        Y = rng.uniform(0, 1, (B, n)).astype(dtype)
+    delta = np.empty_like(Z)
+    cpu.output_delta(A, Y, activation, lossf, delta)
+    dg = gpu.empty((B, n), dtype)
+    Ag, Yg, Zg = gpu.asarray(A), gpu.asarray(Y), gpu.asarray(Z)
+    gpu.output_delta(Ag, Yg, activation, lossf, dg)
+    close(dg, delta, dtype, "output delta")
+    total = np.full(1, 0.5, dtype)
+    cpu.loss(A, Z, Y, activation, lossf, total)
+    tg = gpu.asarray(np.full(1, 0.5, dtype))
+    gpu.loss(Ag, Zg, Yg, activation, lossf, tg)
+    close(tg, total, dtype, "loss total")
+
+
+RULES = {
+    "sgd": dict(kind=SGD_KIND),
+    "sgd_l1_l2": dict(kind=SGD_KIND, l1=1e-3, l2=1e-2),
+    "momentum": dict(kind=MOMENTUM_KIND, momentum=0.9),
+    "nesterov": dict(kind=MOMENTUM_KIND, momentum=0.9, nesterov=True),
+    "rmsprop": dict(kind=RMSPROP_KIND, beta2=0.9),
+    "adam": dict(kind=ADAM_KIND, bias_correction1=0.19, bias_correction2=0.002),
+    "adamw": dict(kind=ADAM_KIND, bias_correction1=0.1, bias_correction2=0.001,
+                  weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("scale", ["none", "float", "device"])
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_update(dtype, gpu, name, scale):
+    rng = np.random.default_rng(3)
+    cpu = NumPyBackend()
+    kw = dict(RULES[name], learning_rate=0.05)
+    n_state = {SGD_KIND: 0, MOMENTUM_KIND: 1, RMSPROP_KIND: 1, ADAM_KIND: 2}[kw["kind"]]
+    p, g = arrays(rng, dtype, (33, 17), (33, 17))
+    state = [np.abs(s) for s in arrays(rng, dtype, *[(33, 17)] * n_state)]
+    pg, gg, sg = gpu.asarray(p), gpu.asarray(g), tuple(gpu.asarray(s) for s in state)
+    host_scale = {"none": 1.0, "float": 0.7, "device": np.full(1, 0.3, dtype)}[scale]
+    dev_scale = gpu.asarray(host_scale) if scale == "device" else host_scale
+    for _ in range(3):
+        cpu.update(p, g, tuple(state), UpdateRule(grad_scale=host_scale, **kw))
+        gpu.update(pg, gg, sg, UpdateRule(grad_scale=dev_scale, **kw))
+    close(pg, p, dtype, "param")
+    for s, sd in zip(state, sg):
+        close(sd, s, dtype, "state")
+
+
+def test_grad_scale_multiply_take_rows(dtype, gpu):
+    rng = np.random.default_rng(4)
+    cpu = NumPyBackend()
+    grads = arrays(rng, dtype, (40, 30), (40,), (5, 40), (5,))
+    for max_norm in (1e-3, 1e6):
+        out = np.zeros(1, dtype)
+        cpu.grad_scale(grads, max_norm, out)
+        og = gpu.zeros((1,), dtype)
+        gpu.grad_scale([gpu.asarray(g) for g in grads], max_norm, og)
+        close(og, out, dtype, "clip factor")
+    x, y = arrays(rng, dtype, (9, 4), (9, 4))
+    xg = gpu.asarray(x)
+    gpu.multiply(xg, gpu.asarray(y))
+    close(xg, x * y, dtype, "multiply")
+    X = rng.standard_normal((50, 6)).astype(dtype)
+    index = rng.permutation(50)[:20]
+    out = gpu.empty((20, 6), dtype)
+    gpu.take_rows(gpu.asarray(X), gpu.asarray(index), out)
+    np.testing.assert_array_equal(gpu.to_numpy(out), X[index])
+
+
+def test_dropout(dtype, gpu):
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((200, 50)).astype(dtype)
+    mask, out = gpu.empty(A.shape, dtype), gpu.empty(A.shape, dtype)
+    gpu.seed(0)
+    gpu.dropout(gpu.asarray(A), 0.25, mask, out)
+    m = gpu.to_numpy(mask)
+    keep = dtype.type(1.0 / 0.75)
+    assert set(np.unique(m)) <= {0, keep}
+    assert 0.2 < (m == 0).mean() < 0.3
+    np.testing.assert_allclose(gpu.to_numpy(out), A * m, rtol=RTOL[dtype])
+    gpu.seed(0)
+    gpu.dropout(gpu.asarray(A), 0.25, mask, out)
+    np.testing.assert_array_equal(gpu.to_numpy(mask), m)     # seeded: reproducible
+
+
+# ---------------------------------------------------------------- whole networks
+
+def _data(rng, n, n_in, n_out):
+    X = rng.standard_normal((n, n_in))
+    Y = np.eye(n_out)[rng.integers(0, n_out, n)]
+    return X, Y
+
+
+@pytest.mark.parametrize("sizes", [[6, 16, 4], [784, 64, 10]])
+@pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", 1.0), ("nesterov", None)])
+def test_fit_equals_numpy(sizes, optimizer, clip):
+    rng = np.random.default_rng(6)
+    X, Y = _data(rng, 203, sizes[0], sizes[-1])
+    nets = [Network(sizes, ["tanh", "softmax"], "cross_entropy", device=d, backend=b,
+                    dtype="float64", seed=1) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
+    hist = [net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.05, optimizer=optimizer,
+                    clip_norm=clip, l2=1e-3, seed=2) for net in nets]
+    np.testing.assert_allclose(hist[1]["loss"], hist[0]["loss"], rtol=1e-9)
+    for (W0, b0), (W1, b1) in zip(nets[0].get_parameters(), nets[1].get_parameters()):
+        np.testing.assert_allclose(W1, W0, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(b1, b0, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("optimizer,clip,l1", [("sgd", None, 0.0), ("sgd", 0.5, 1e-4),
+                                               ("adamw", None, 0.0), ("rmsprop", 2.0, 0.0),
+                                               ("momentum", None, 1e-4)])
+def test_graphs_change_nothing(dtype, gpu, optimizer, clip, l1, shuffle):
+    """Same kernels with and without CUDA graphs: bitwise identical parameters and losses."""
+    rng = np.random.default_rng(7)
+    X, Y = _data(rng, 250, 12, 3)              # 7 full batches of 32 and a partial one
+    results = []
+    for graphs in (False, True):
+        gpu.graphs = graphs
+        try:
+            net = Network([12, 32, 16, 3], ["relu", "elu", "softmax"], "cross_entropy",
+                          device="cuda", dtype=dtype, seed=3)
+            hist = net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.03,
+                           optimizer=optimizer, clip_norm=clip, l1=l1, shuffle=shuffle,
+                           seed=4, lr_schedule=lambda epoch, lr: lr / (1 + epoch))
+            assert (net in gpu._plans) == graphs, "the graph path was not taken"
+            results.append((hist["loss"], net.get_parameters(), net.optimizer_.t))
+        finally:
+            gpu.graphs = True
+    (loss0, params0, t0), (loss1, params1, t1) = results
+    assert t0 == t1
+    assert loss0 == loss1
+    for (W0, b0), (W1, b1) in zip(params0, params1):
+        np.testing.assert_array_equal(W1, W0)
+        np.testing.assert_array_equal(b1, b0)
+
+
+def test_no_graphs_with_dropout_or_wide_layers(gpu):
+    rng = np.random.default_rng(8)
+    X, Y = _data(rng, 128, 300, 2)
+    for net in (Network([300, 8, 2], ["relu", "softmax"], "cross_entropy", device="cuda"),
+                Network([8, 8, 8, 2], ["relu", "relu", "softmax"], "cross_entropy",
+                        device="cuda", dropout=0.2)):
+        net.fit(X[:, :net.layer_sizes[0]], Y, epochs=1, batch_size=16, learning_rate=0.1)
+        assert net not in gpu._plans
+
+
+def test_training_step_does_not_synchronize():
+    """No host synchronisation inside steps (the loss is read once per epoch)."""
+    cupyx = pytest.importorskip("cupyx")
+    from backprop.training import run_epoch
+    from backprop.optimizers import Adam
+    rng = np.random.default_rng(9)
+    X, Y = _data(rng, 256, 300, 4)
+    net = Network([300, 64, 4], ["relu", "softmax"], "cross_entropy", device="cuda")
+    Xd, Yd = net._prepare(X, Y)
+    opt = Adam()
+    opt.reset(net.backend, net.parameters())
+    net.fit(Xd, Yd, epochs=1, batch_size=64, learning_rate=1e-3, optimizer=opt)   # warm up
+    ws = net.workspace(64)
+    with cupyx.allow_synchronize(False):
+        for start in range(0, 256, 64):
+            net.train_step(ws, Xd[start:start + 64], Yd[start:start + 64], opt, 1e-3,
+                           clip_norm=1.0)
+    assert np.isfinite(run_epoch(net, Xd, Yd, None, 64, opt, 1e-3))
+
+
+def test_to_cpu_and_back_keeps_optimizer_state(gpu):
+    """Moving mid-training (Adam state included) changes nothing but the device."""
+    rng = np.random.default_rng(10)
+    X, Y = _data(rng, 100, 5, 3)
+
+    def network():
+        return Network([5, 8, 3], ["tanh", "softmax"], "cross_entropy", device="cuda",
+                       dtype="float64", seed=0)
+    moved, stayed = network(), network()
+    for net in (moved, stayed):
+        net.fit(X, Y, epochs=2, batch_size=10, learning_rate=0.01, optimizer="adam", seed=0)
+    state = [[gpu.to_numpy(s) for s in st] for st in moved.optimizer_.state]
+    moved.to("cpu", backend="numpy")
+    assert moved.device == "cpu" and all(isinstance(W, np.ndarray) for W in moved.W)
+    for st, saved in zip(moved.optimizer_.state, state):
+        for s, h in zip(st, saved):
+            assert isinstance(s, np.ndarray)
+            np.testing.assert_array_equal(s, h)
+    moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
+              seed=1)                                       # a CPU epoch with the moved state
+    moved.to("cuda")
+    assert moved.backend is gpu and all(gpu.is_native(W) for W in moved.W)
+    assert all(gpu.is_native(s) for st in moved.optimizer_.state for s in st)
+    moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
+              seed=2)
+    for seed in (1, 2):
+        stayed.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01,
+                   optimizer=stayed.optimizer_, seed=seed)
+    assert moved.optimizer_.t == stayed.optimizer_.t
+    for (W0, b0), (W1, b1) in zip(stayed.get_parameters(), moved.get_parameters()):
+        np.testing.assert_allclose(W1, W0, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b1, b0, rtol=1e-9, atol=1e-12)
+
+
+def test_device_arrays_are_used_without_copy(gpu):
+    cp = gpu.xp
+    x = cp.arange(12, dtype=cp.float32).reshape(3, 4)
+    assert gpu.asarray(x) is x or gpu.asarray(x).data.ptr == x.data.ptr
+    net = Network([4, 3, 2], ["relu", "identity"], device="cuda")
+    out = net.forward(x)
+    assert gpu.is_native(out) and out.shape == (3, 2)
+    expected = net.to("cpu", backend="numpy").predict(gpu.to_numpy(x))
+    np.testing.assert_allclose(gpu.to_numpy(out), expected, rtol=1e-5)
+
+
+def test_dlpack_input_from_torch(gpu):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    X = torch.randn(64, 5, device="cuda", dtype=torch.float32)
+    Y = torch.randn(64, 2, device="cuda", dtype=torch.float32)
+    xd = gpu.asarray(X)
+    assert xd.data.ptr == X.data_ptr()                     # a view, not a copy
+
+    class DLPackOnly:                                      # no __cuda_array_interface__
+        def __dlpack__(self, *args, **kwargs):
+            return X.__dlpack__(*args, **kwargs)
+
+        def __dlpack_device__(self):
+            return X.__dlpack_device__()
+    assert gpu.asarray(DLPackOnly()).data.ptr == X.data_ptr()
+    net = Network([5, 8, 2], ["tanh", "identity"], device="cuda", seed=0)
+    hist = net.fit(X, Y, epochs=2, batch_size=16, learning_rate=0.01)
+    assert np.isfinite(hist["loss"]).all()
+    np.testing.assert_allclose(gpu.to_numpy(net.forward(X)),
+                               net.predict(X.cpu().numpy()), rtol=1e-6)
+
+
+def test_tf32_off_by_default_and_on_as_option(gpu):
+    """CUPY_TF32 unset: float32 cuBLAS products are full fp32; tf32=True allows TF32."""
+    if os.environ.get("CUPY_TF32", "0") != "0":
+        pytest.skip("CUPY_TF32 is set in this environment")
+    assert gpu.tf32 is False
+    rng = np.random.default_rng(11)
+    A_prev = rng.standard_normal((512, 1024))
+    W = rng.standard_normal((1024, 1024))
+    exact = A_prev @ W.T
+    from backprop.activations import Identity
+    from backprop.backends.cupy import CuPyBackend
+    for backend, bound in ((gpu, 1e-5), (CuPyBackend("cuda:0", tf32=True), 1e-2)):
+        Z = backend.empty((512, 1024), np.float32)
+        backend.forward(backend.asarray(A_prev, np.float32), backend.asarray(W, np.float32),
+                        backend.zeros((1024,), np.float32), Identity(), Z, Z)
+        err = np.linalg.norm(backend.to_numpy(Z) - exact) / np.linalg.norm(exact)
+        assert err < bound, (backend.tf32, err)
+
+
+def test_cupy_tf32_env_switches_it_on():
+    code = ("from backprop.backends import get_backend; "
+            "print(get_backend('cuda', 'cupy').tf32)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "CUPY_TF32": "1",
+                                        "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
