@@ -105,7 +105,7 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
             raise ValueError(f"{name}: class labels must lie in [0, {n_output - 1}] (the "
                              f"network has {n_output} outputs), got labels in [{low}, {high}]")
         one_hot = backend.zeros((n_samples, n_output), dtype)
-        one_hot[xp.arange(n_samples), Y.astype(xp.int64)] = 1
+        one_hot[xp.arange(n_samples), backend.asarray(Y, np.int64)] = 1   # indices on the device
         return one_hot
     if Y.ndim == 1 and n_output == 1:
         Y = Y.reshape(-1, 1)
