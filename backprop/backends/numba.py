@@ -46,71 +46,92 @@ _NO_ORDER = np.empty(0, dtype=np.int64)
 # ---------------------------------------------------------------------- activations
 
 @njit(cache=True)
-def _sigma(z, code, alpha):
-    """σ(z) for one unit of an elementwise activation."""
-    if code == SIGMOID:                         # ½ (1 + tanh(z/2)): no overflow
-        return 0.5 + 0.5 * math.tanh(0.5 * z)
-    if code == TANH:
-        return math.tanh(z)
-    if code == RELU:
-        return z if z > 0 else 0.0 * z
-    if code == LEAKY_RELU:
-        return alpha * z if z < 0 else z
-    if code == ELU:
-        return alpha * math.expm1(z) if z < 0 else z
-    return z                                     # identity
+def _bias_activate(Z, b, code, alpha, A):
+    """``Z += b`` and ``A = σ(Z)`` for a batch (B, n); ``A`` may be ``Z``.
 
-
-@njit(cache=True)
-def _sigma_prime(a, code, alpha):
-    """σ'(z) from the output a = σ(z), for an elementwise activation."""
-    if code == SIGMOID:
-        return a * (1.0 - a)
-    if code == TANH:
-        return 1.0 - a * a
-    if code == RELU:
-        return 1.0 if a > 0 else 0.0
-    if code == LEAKY_RELU:
-        return 1.0 if a > 0 else alpha
-    if code == ELU:
-        return 1.0 if a > 0 else a + alpha
-    return 1.0                                   # identity
-
-
-@njit(cache=True)
-def _activate_row(z, a, code, alpha):
-    """``a = σ(z)`` for one sample's row (n,); ``a`` may be ``z``."""
-    n = z.shape[0]
+    One simple loop per activation (each vectorizes), with constants in the array's dtype
+    so float32 stays float32; softmax works row by row.
+    """
+    B, n = Z.shape
+    zero, half, one = Z.dtype.type(0), Z.dtype.type(0.5), Z.dtype.type(1)
+    alpha = Z.dtype.type(alpha)
     if code == SOFTMAX:
-        m = z[0]
-        for j in range(1, n):
-            m = max(m, z[j])
-        s = 0.0
+        for i in range(B):
+            m = Z[i, 0] + b[0]
+            for j in range(n):
+                Z[i, j] += b[j]
+                m = max(m, Z[i, j])
+            s = zero
+            for j in range(n):
+                e = math.exp(Z[i, j] - m)
+                A[i, j] = e
+                s += e
+            r = one / s
+            for j in range(n):
+                A[i, j] *= r
+        return
+    for i in range(B):                           # Z += b, one row at a time
         for j in range(n):
-            e = math.exp(z[j] - m)
-            a[j] = e
-            s += e
-        r = 1.0 / s
-        for j in range(n):
-            a[j] *= r
-    else:
-        for j in range(n):
-            a[j] = _sigma(z[j], code, alpha)
+            Z[i, j] += b[j]
+    if code == SIGMOID:                          # ½ (1 + tanh(z/2)): no overflow
+        for i in range(B):
+            for j in range(n):
+                A[i, j] = half + half * math.tanh(half * Z[i, j])
+    elif code == TANH:
+        for i in range(B):
+            for j in range(n):
+                A[i, j] = math.tanh(Z[i, j])
+    elif code == RELU:
+        for i in range(B):
+            for j in range(n):
+                A[i, j] = max(Z[i, j], zero)
+    elif code == LEAKY_RELU:
+        for i in range(B):
+            for j in range(n):
+                z = Z[i, j]
+                A[i, j] = alpha * z if z < zero else z
+    elif code == ELU:
+        for i in range(B):
+            for j in range(n):
+                z = Z[i, j]
+                A[i, j] = alpha * math.expm1(z) if z < zero else z
+    elif code == IDENTITY:
+        for i in range(B):
+            for j in range(n):
+                A[i, j] = Z[i, j]
 
 
 @njit(cache=True)
-def _backprop_row(g, a, code, alpha):
-    """``g ← g ⊙ σ'(a)`` for one row (softmax: ``g ← a ⊙ (g - Σ_j g_j a_j)``)."""
-    n = g.shape[0]
+def _backprop_activation(G, A, code, alpha):
+    """``G ← G ⊙ σ'(A)`` over the batch (B, n), σ' from the output a (see
+    :mod:`backprop.activations`); softmax, row by row: ``g ← a ⊙ (g - Σ_j g_j a_j)``."""
+    B, n = G.shape
+    zero, one = A.dtype.type(0), A.dtype.type(1)
+    alpha = A.dtype.type(alpha)
+    if code == IDENTITY:
+        return
     if code == SOFTMAX:
-        s = 0.0
+        for i in range(B):
+            s = zero
+            for j in range(n):
+                s += G[i, j] * A[i, j]
+            for j in range(n):
+                G[i, j] = A[i, j] * (G[i, j] - s)
+        return
+    for i in range(B):
         for j in range(n):
-            s += g[j] * a[j]
-        for j in range(n):
-            g[j] = a[j] * (g[j] - s)
-    elif code != IDENTITY:
-        for j in range(n):
-            g[j] *= _sigma_prime(a[j], code, alpha)
+            a = A[i, j]
+            if code == SIGMOID:
+                d = a * (one - a)
+            elif code == TANH:
+                d = one - a * a
+            elif code == RELU:
+                d = one if a > zero else zero
+            elif code == LEAKY_RELU:
+                d = one if a > zero else alpha
+            else:                                # elu
+                d = one if a > zero else a + alpha
+            G[i, j] *= d
 
 
 # ---------------------------------------------------------------------- kernels
@@ -119,41 +140,36 @@ def _backprop_row(g, a, code, alpha):
 def _forward(A_prev, W, b, code, alpha, Z, A):
     """``Z = A_prev @ W.T + b``, ``A = σ(Z)``: one BLAS product, then bias and σ in one pass."""
     np.dot(A_prev, W.T, Z)
-    n = Z.shape[1]
-    for i in range(Z.shape[0]):
-        z = Z[i]
-        for j in range(n):
-            z[j] += b[j]
-        _activate_row(z, A[i], code, alpha)
+    _bias_activate(Z, b, code, alpha, A)
 
 
 @njit(cache=True)
 def _output_delta(A, Y, code, alpha, fused, delta):
-    """``delta = (ŷ - y) / B``, times σ'(a) row by row unless the pair is ``fused``."""
-    r = 1.0 / A.shape[0]
-    for i in range(A.shape[0]):
-        d = delta[i]
-        for j in range(A.shape[1]):
-            d[j] = A[i, j] - Y[i, j]
-        if not fused:
-            _backprop_row(d, A[i], code, alpha)
-        for j in range(A.shape[1]):
-            d[j] *= r
+    """``delta = (ŷ - y) / B``, times σ'(a) unless the loss/activation pair is ``fused``."""
+    B, n = A.shape
+    for i in range(B):
+        for j in range(n):
+            delta[i, j] = A[i, j] - Y[i, j]
+    if not fused:
+        _backprop_activation(delta, A, code, alpha)
+    r = delta.dtype.type(1.0 / B)
+    for i in range(B):
+        for j in range(n):
+            delta[i, j] *= r
 
 
 @njit(cache=True)
 def _delta(delta_next, W_next, A, code, alpha, delta):
     """``delta = (delta_next @ W_next) ⊙ σ'(A)``: BLAS product, then σ' in one pass."""
     np.dot(delta_next, W_next, delta)
-    for i in range(delta.shape[0]):
-        _backprop_row(delta[i], A[i], code, alpha)
+    _backprop_activation(delta, A, code, alpha)
 
 
 @njit(cache=True)
 def _weight_grad(delta, A_prev, dW, db):
     """``dW = deltaᵀ @ A_prev`` (BLAS), ``db = Σ_rows delta`` (one pass)."""
     np.dot(delta.T, A_prev, dW)
-    db[:] = 0.0
+    db[:] = 0
     for i in range(delta.shape[0]):
         for j in range(delta.shape[1]):
             db[j] += delta[i, j]
@@ -192,39 +208,45 @@ def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps
 
     g = grad_scale·grad + l1·sign(p) + 2 l2·p; p ← (1 - η λ) p (AdamW); then SGD, momentum
     (``s1`` = v), RMSProp (``s1`` = s) or Adam (``s1``, ``s2`` = m, v). Arrays of any shape,
-    C-contiguous; unused state arguments are ignored.
+    C-contiguous; unused state arguments are ignored. The scalars are rounded to the
+    parameter's dtype first, as NumPy does with Python floats.
     """
     p = param.reshape(param.size)
     g0 = grad.reshape(grad.size)
     v1 = s1.reshape(s1.size)
     v2 = s2.reshape(s2.size)
-    decay = 1.0 - lr * weight_decay
-    step_size = lr / bias_correction1
+    dt = p.dtype.type
+    zero, one = dt(0), dt(1)
+    scale, l1_, l2x2 = dt(grad_scale), dt(l1), dt(2.0 * l2)
+    eta, mu, b1, b2, eps_ = dt(lr), dt(momentum), dt(beta1), dt(beta2), dt(eps)
+    decay = dt(1.0 - lr * weight_decay)
+    adam_step = dt(lr / bias_correction1)
+    adam_c2 = dt(1.0 / bias_correction2)
     for i in range(p.shape[0]):
         pi = p[i]
-        g = grad_scale * g0[i]
+        g = scale * g0[i]
         if l1 != 0.0:
-            g += l1 * ((pi > 0) - (pi < 0))
+            g += l1_ if pi > zero else (-l1_ if pi < zero else zero)
         if l2 != 0.0:
-            g += 2.0 * l2 * pi
+            g += l2x2 * pi
         if weight_decay != 0.0:
             pi *= decay
         if kind == SGD_KIND:
-            pi -= lr * g
+            pi -= eta * g
         elif kind == MOMENTUM_KIND:
-            v = momentum * v1[i] + g
+            v = mu * v1[i] + g
             v1[i] = v
-            pi -= lr * (momentum * v + g) if nesterov else lr * v
+            pi -= eta * (mu * v + g) if nesterov else eta * v
         elif kind == RMSPROP_KIND:
-            s = beta2 * v1[i] + (1.0 - beta2) * g * g
+            s = b2 * v1[i] + (one - b2) * g * g
             v1[i] = s
-            pi -= lr * g / (math.sqrt(s) + eps)
+            pi -= eta * (g / (math.sqrt(s) + eps_))
         else:                                          # Adam
-            m = beta1 * v1[i] + (1.0 - beta1) * g
-            v = beta2 * v2[i] + (1.0 - beta2) * g * g
+            m = b1 * v1[i] + (one - b1) * g
+            v = b2 * v2[i] + (one - b2) * g * g
             v1[i] = m
             v2[i] = v
-            pi -= step_size * m / (math.sqrt(v / bias_correction2) + eps)
+            pi -= adam_step * (m / (math.sqrt(v * adam_c2) + eps_))
         p[i] = pi
 
 
