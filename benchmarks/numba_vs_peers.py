@@ -5,12 +5,15 @@ machine); prints a markdown table. Every network is relu hidden layers, a softma
 cross_entropy, float32, plain SGD; training is ``fit`` over one epoch of synthetic data,
 inference one ``forward`` over the same samples. Each number is the median of REPEATS runs
 after one warm-up run (which also compiles). "numba fused" / "numba per-kernel" force the
-path by setting ``FUSED_MAX_WIDTH``; "numba" is the automatic choice.
+path by setting ``FUSED_MAX_WIDTH``; "numba" is the automatic choice. Each implementation
+runs in its own process, so PyTorch's OpenMP threads never spin beside OpenBLAS's.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,28 +95,44 @@ def torch_rates(sizes, batch, X, y):
     return n / median_seconds(epoch), n / median_seconds(infer)
 
 
+IMPLEMENTATIONS = {  # label -> how to measure it
+    "PyTorch CPU": lambda sizes, batch, X, y: torch_rates(sizes, batch, X, y),
+    "numpy backend": lambda *a: backprop_rates("numpy", *a),
+    "numba backend (auto)": lambda *a: backprop_rates("numba", *a),
+    "numba per-kernel (forced)": lambda *a: backprop_rates("numba", *a, fused_max_width=0),
+    "numba fused epoch (forced)": lambda *a: backprop_rates("numba", *a, fused_max_width=10**9),
+}
+
+
+def measure(case: str, impl: str) -> tuple[float, float]:
+    """(train, infer) samples/s of one implementation on one case, in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--one", case, impl], check=True,
+                         capture_output=True, text=True).stdout
+    return tuple(json.loads(out.splitlines()[-1]))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--one"]:
+        _, sizes, batch, n = next(c for c in CASES if c[0] == sys.argv[2])
+        X, y = data(sizes, n)
+        print(json.dumps(IMPLEMENTATIONS[sys.argv[3]](sizes, batch, X, y)))
+        return
     import torch
     print(f"numpy {np.__version__}, numba {__import__('numba').__version__}, "
           f"torch {torch.__version__} (2 threads); median of {REPEATS}; samples/s\n")
     print("| network | batch | samples | implementation | train samples/s | infer samples/s |")
     print("| --- | --- | --- | --- | ---: | ---: |")
     for name, sizes, batch, n in CASES:
-        X, y = data(sizes, n)
-        rows = [("PyTorch CPU", torch_rates(sizes, batch, X, y)),
-                ("numpy backend", backprop_rates("numpy", sizes, batch, X, y)),
-                ("numba backend (auto)", backprop_rates("numba", sizes, batch, X, y)),
-                ("numba per-kernel (forced)", backprop_rates("numba", sizes, batch, X, y, 0)),
-                ("numba fused epoch (forced)",
-                 backprop_rates("numba", sizes, batch, X, y, 10**9))]
         label = "-".join(map(str, sizes))
-        for impl, (train, infer) in rows:
+        rates = {}
+        for impl in IMPLEMENTATIONS:
+            rates[impl] = train, infer = measure(name, impl)
             print(f"| {label} | {batch} | {n} | {impl} | {train:,.0f} | {infer:,.0f} |")
-        torch_train = rows[0][1][0]
-        numpy_train = rows[1][1][0]
-        auto_train = rows[2][1][0]
-        print(f"| {label} | | | numba auto / PyTorch, / numpy (train) | "
-              f"{auto_train / torch_train:.2f}x, {auto_train / numpy_train:.2f}x | |")
+        auto, torch_, numpy_ = (rates[k] for k in ("numba backend (auto)", "PyTorch CPU",
+                                                   "numpy backend"))
+        print(f"| {label} | | | numba auto ÷ PyTorch; ÷ numpy | "
+              f"{auto[0] / torch_[0]:.2f}x; {auto[0] / numpy_[0]:.2f}x | "
+              f"{auto[1] / torch_[1]:.2f}x; {auto[1] / numpy_[1]:.2f}x |")
         sys.stdout.flush()
 
 
