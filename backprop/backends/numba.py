@@ -32,9 +32,11 @@ from ..optimizers import ADAM_KIND, MOMENTUM_KIND, RMSPROP_KIND, SGD_KIND, Updat
 from .base import Array
 from .numpy import NumPyBackend
 
-#: widest layer (input included) for which an epoch runs fused in one compiled call;
-#: measured crossover, see benchmarks/results/numba-vs-peers-2vcpu-zen2.md
-FUSED_MAX_WIDTH = 128
+#: widest layer (input included) for which an epoch runs fused in one compiled call. Measured
+#: (benchmarks/numba_crossover.py, [w, w, w, 10] batch 64, 2 vCPU Zen 2): the fused epoch is
+#: 2.9x the per-kernel path at w = 16, 1.4x at 64, 0.94x at 128, 0.6x at 256 (there the
+#: per-kernel path's gemm-folded SGD update wins and Python's per-step cost no longer shows).
+FUSED_MAX_WIDTH = 96
 
 IDENTITY, SIGMOID, TANH, RELU = int(Code.IDENTITY), int(Code.SIGMOID), int(Code.TANH), int(Code.RELU)
 LEAKY_RELU, ELU, SOFTMAX = int(Code.LEAKY_RELU), int(Code.ELU), int(Code.SOFTMAX)
