@@ -118,7 +118,7 @@ def test_fit_every_pairing(hidden, output, loss, path):
         close(h["loss"], h_ref["loss"], dtype)
 
 
-@pytest.mark.parametrize("sizes,batch_size", [([3, 1, 2], 1), ([1, 1, 1], 4), ([4, 5, 1], 1)])
+@pytest.mark.parametrize("sizes,batch_size", [([3, 1, 2], 1), ([1, 1, 1], 4), ([4, 5, 1], 1), ([4, 1], 3)])
 def test_batch_one_and_width_one(sizes, batch_size, path):
     ref, net = pair(sizes, "tanh", "identity", "mse", "float64")
     X, Y = problem(sizes, "mse", n=9)
