@@ -42,6 +42,11 @@ def demo(args: argparse.Namespace) -> None:
           f"{max(history['samples_per_second']):,.0f} samples/s")
 
 
+def bench(args: argparse.Namespace) -> None:
+    from . import bench as _bench
+    _bench.run(quick=args.quick, out=args.out, plots=not args.no_plots)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backprop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +55,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default=None, help="numpy, numba or cupy (default: by device)")
     p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(run=demo)
+    p = sub.add_parser("bench", help="measure speed, the complexity table and memory; write a "
+                                     "report (markdown, JSON, PNG plots)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (what CI runs)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib)")
+    p.set_defaults(run=bench)
     args = parser.parse_args(argv)
     args.run(args)
 
