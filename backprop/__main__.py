@@ -44,7 +44,11 @@ def demo(args: argparse.Namespace) -> None:
 
 def bench(args: argparse.Namespace) -> None:
     from . import bench as _bench
-    _bench.run(quick=args.quick, out=args.out, plots=not args.no_plots)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(_bench.SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: unknown {sorted(unknown)}; choose from {_bench.SECTIONS}")
+    _bench.run(quick=args.quick, out=args.out, plots=not args.no_plots, sections=sections)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (what CI runs)")
     p.add_argument("--out", default=None,
                    help="output folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--sections", default="speed,complexity,memory",
+                   help="comma-separated subset of speed,complexity,memory to measure; the "
+                        "others are kept from the report.json already in --out")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib)")
     p.set_defaults(run=bench)
     args = parser.parse_args(argv)

@@ -42,13 +42,13 @@ SPEED_NETWORKS = [("tiny", [64, 32, 10], 32),
 
 FULL = dict(
     speed_networks=SPEED_NETWORKS,
-    repeat=7, min_time=0.05,
+    repeat=5, min_time=0.02,
     peak_shape=(256, 1024, 1024),               # (B, n_in, n_out) of the wide network's products
-    epoch_samples=4096,                         # samples per epoch for the epoch-based peers
+    epoch_samples=2048,                         # samples per epoch for the epoch-based peers
     reference_networks=["tiny", "mnist"],       # the per-sample oracle is slow: small sizes only
-    n_sweep=dict(sizes=[256, 512, 512, 10], N=[2 ** k for k in range(2, 15)], epoch_batch=32),
-    width_sweep=dict(widths=[8, 16, 32, 64, 128, 256, 512, 1024, 2048], batch=128),
-    depth_sweep=dict(width=256, depths=[1, 2, 4, 8, 16, 32, 64, 128], batch=128),
+    n_sweep=dict(sizes=[256, 512, 512, 10], N=[2 ** k for k in range(2, 13)], epoch_batch=32),
+    width_sweep=dict(widths=[8, 16, 32, 64, 128, 256, 512, 1024], batch=128),
+    depth_sweep=dict(width=128, depths=[1, 2, 4, 8, 16, 32, 64, 128, 256], batch=128),
     throughput=dict(widths=[16, 64, 256, 1024], batch=128),
     fit_floor_factor=20.0,
 )
@@ -56,13 +56,13 @@ FULL = dict(
 QUICK = dict(
     speed_networks=[("tiny", [64, 32, 10], 32), ("mnist", [784, 64, 10], 32),
                     ("wide", [128, 128, 128, 10], 32)],
-    repeat=2, min_time=0.0,
+    repeat=2, min_time=0.001,
     peak_shape=(32, 128, 128),
     epoch_samples=128,
     reference_networks=["tiny"],
-    n_sweep=dict(sizes=[16, 16, 4], N=[2 ** k for k in range(2, 8)], epoch_batch=4),
+    n_sweep=dict(sizes=[16, 16, 4], N=[2 ** k for k in range(1, 8)], epoch_batch=4),
     width_sweep=dict(widths=[4, 8, 16, 32, 64, 128], batch=8),
-    depth_sweep=dict(width=16, depths=[1, 2, 4, 8, 16, 32], batch=8),
+    depth_sweep=dict(width=16, depths=[1, 2, 4, 8, 16, 32, 64], batch=8),
     throughput=dict(widths=[8, 32], batch=16),
     fit_floor_factor=2.0,
 )
@@ -112,15 +112,22 @@ def measure(fn: Callable[[], Any], repeat: int = 7, min_time: float = 0.05,
 
 def matmul_peak(shape: Sequence[int], dtype: Any = np.float32, repeat: int = 7,
                 min_time: float = 0.05) -> dict[str, Any]:
-    """GFLOP/s of NumPy's ``(B, n_in) @ (n_in, n_out)``: 2·B·n_in·n_out FLOP per product."""
+    """GFLOP/s of NumPy's matrix products of one layer of width n at batch B, 2·B·n_in·n_out
+    FLOP each: forward ``A @ Wᵀ``, delta ``δ @ W`` and weight gradient ``δᵀ @ A``. The peak
+    is the fastest of the three medians."""
     B, n_in, n_out = shape
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((B, n_in)).astype(dtype)
-    w = rng.standard_normal((n_out, n_in)).astype(dtype)
-    out = np.empty((B, n_out), dtype)
-    seconds = measure(lambda: np.matmul(a, w.T, out=out), repeat, min_time)
-    return dict(shape=list(shape), dtype=np.dtype(dtype).name, seconds=seconds,
-                gflops=2 * B * n_in * n_out / seconds / 1e9)
+    A = rng.standard_normal((B, n_in)).astype(dtype)
+    W = rng.standard_normal((n_out, n_in)).astype(dtype)
+    D = rng.standard_normal((B, n_out)).astype(dtype)
+    Z, G, dW = np.empty((B, n_out), dtype), np.empty((B, n_in), dtype), np.empty_like(W)
+    products = {"A @ W.T": lambda: np.matmul(A, W.T, out=Z),
+                "delta @ W": lambda: np.matmul(D, W, out=G),
+                "delta.T @ A": lambda: np.matmul(D.T, A, out=dW)}
+    gflops = {name: 2 * B * n_in * n_out / measure(f, repeat, min_time) / 1e9
+              for name, f in products.items()}
+    return dict(shape=list(shape), dtype=np.dtype(dtype).name, products=gflops,
+                gflops=max(gflops.values()))
 
 
 # ---------------------------------------------------------------------- our networks
@@ -523,6 +530,11 @@ def speed(cfg: dict, backends: Sequence[str], peak: float, threads: int,
             timed.append((f"backprop-{backend}",
                           dict(train=measure(p.train_step, rep, mt, p.sync),
                                forward=measure(p.forward, rep, mt, p.sync))))
+            p.optimizer = optimizers.Momentum()       # the update in its own pass (no gemm fusion)
+            p.optimizer.reset(p.net.backend, p.net.parameters())
+            timed.append((f"backprop-{backend} momentum",
+                          dict(train=measure(p.train_step, rep, mt, p.sync),
+                               forward=measure(p.forward, rep, mt, p.sync))))
         if torch_available():
             import torch
             timed.append(("pytorch-cpu", time_torch(sizes, batch, "cpu", threads, rep, mt)))
@@ -557,6 +569,10 @@ def throughput(cfg: dict, backends: Sequence[str], threads: int) -> dict[str, An
             p = Prepared(sizes, batch, backend)
             series.setdefault(f"backprop-{backend}", []).append(
                 batch / measure(p.train_step, rep, mt, p.sync))
+            p.optimizer = optimizers.Momentum()
+            p.optimizer.reset(p.net.backend, p.net.parameters())
+            series.setdefault(f"backprop-{backend} momentum", []).append(
+                batch / measure(p.train_step, rep, mt, p.sync))
         if torch_available():
             series.setdefault("pytorch-cpu", []).append(
                 batch / time_torch(sizes, batch, "cpu", threads, rep, mt)["train"])
@@ -568,55 +584,89 @@ def throughput(cfg: dict, backends: Sequence[str], threads: int) -> dict[str, An
                 train_flops_per_sample=[flops(s, 1)["train"] for s in nets])
 
 
+SECTIONS = ("speed", "complexity", "memory")
+
+
 def run(quick: bool = False, out: str | Path | None = None, plots: bool = True,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything, write ``report.json``, ``report.md`` and the plots to ``out``
-    (default ``benchmarks/results/<machine>``) and return the report."""
+        sections: Sequence[str] = SECTIONS, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure ``sections`` (speed: peak, speed networks, throughput; complexity; memory),
+    write ``report.json``, ``report.md`` and the plots to ``out`` (default
+    ``benchmarks/results/<machine>``) and return the report. Sections not measured now are
+    kept from the ``report.json`` already in ``out`` (a full run can be taken in chunks)."""
     cfg = QUICK if quick else FULL
     rep, mt = cfg["repeat"], cfg["min_time"]
     started = time.perf_counter()
+    say = log
+    log = lambda msg: say(f"[{time.perf_counter() - started:4.0f} s] {msg}")  # noqa: E731
     machine = machine_info()
     threads = machine["threads"]
     backends = machine["backends"]
+    out = Path(out) if out is not None else Path("benchmarks") / "results" / machine["name"]
+    report: dict[str, Any] = {}
+    previous = out / "report.json"
+    mode = "quick" if quick else "full"
+    if set(sections) != set(SECTIONS) and previous.exists():
+        import json
+        report = json.loads(previous.read_text())
+        if report.get("mode") != mode:
+            report = {}
+    report.update(mode=mode, machine=machine, config={k: v for k, v in cfg.items()})
+    report.setdefault("seconds", {})
     log(f"machine {machine['name']} ({machine['cpu']}, {threads} BLAS threads), "
-        f"backends {backends}, {'quick' if quick else 'full'} mode")
+        f"backends {backends}, {mode} mode, sections {list(sections)}")
 
-    peak = matmul_peak(cfg["peak_shape"], np.float32, rep, mt)
-    log(f"float32 matmul peak {peak['gflops']:.1f} GFLOP/s at {peak['shape']}")
-    report: dict[str, Any] = dict(mode="quick" if quick else "full", machine=machine,
-                                  peak=peak, config={k: v for k, v in cfg.items()})
-    log("speed (train step, forward pass):")
-    report["speed"] = speed(cfg, backends, peak["gflops"], threads, log)
-    log("throughput against width")
-    report["throughput"] = throughput(cfg, backends, threads)
+    if "speed" in sections or "peak" not in report:
+        peak = report["peak"] = matmul_peak(cfg["peak_shape"], np.float32, rep, mt)
+        log(f"float32 matmul peak {peak['gflops']:.1f} GFLOP/s at {peak['shape']}: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in peak["products"].items()))
+    peak = report["peak"]
+    if "speed" in sections:
+        t0 = time.perf_counter()
+        log("speed (train step, forward pass):")
+        report["speed"] = speed(cfg, backends, peak["gflops"], threads, log)
+        log("throughput against width")
+        report["throughput"] = throughput(cfg, backends, threads)
+        report["seconds"]["speed"] = time.perf_counter() - t0
 
-    complexity: dict[str, Any] = {}
+    if "complexity" in sections:
+        t0 = time.perf_counter()
+        report["complexity"] = complexity(cfg, backends, log)
+        report["seconds"]["complexity"] = time.perf_counter() - t0
+    if "memory" in sections:
+        t0 = time.perf_counter()
+        wc = cfg["width_sweep"]
+        report["memory"] = memory([[n, n, n, 10] for n in wc["widths"]]
+                                  + [[cfg["depth_sweep"]["width"]] * (d + 1) + [10]
+                                     for d in cfg["depth_sweep"]["depths"]], wc["batch"])
+        report["seconds"]["memory"] = time.perf_counter() - t0
+    missing = [k for k in ("speed", "complexity", "memory") if k not in report]
+    if missing:
+        raise SystemExit(f"report in {out} lacks {missing}: run those sections too")
+
+    from . import bench_report
+    bench_report.write(report, out, plots=plots)
+    log(f"wrote {out}/report.md, report.json{' and plots' if plots else ''}")
+    return report
+
+
+def complexity(cfg: dict, backends: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """Per backend: the overhead floor, the N, width and depth sweeps, fits and ratios."""
+    rep, mt = cfg["repeat"], cfg["min_time"]
+    result: dict[str, Any] = {}
     for backend in backends:
         floor = overhead_floor(backend, rep, mt)
         log(f"complexity on {backend}: per-call floor (1-1-1 network) "
             + ", ".join(f"{k} {v * 1e6:.1f} µs" for k, v in floor.items()))
         sN = sweep_N(cfg["n_sweep"], backend, floor, rep, mt)
+        log("  N sweep done")
         sWw = sweep_W("width", cfg["width_sweep"], backend, rep, mt)
         sWd = sweep_W("depth", cfg["depth_sweep"], backend, rep, mt)
-        factor = cfg["fit_floor_factor"]
         for s in (sN, sWw, sWd):
-            s["fits"] = fit_sweep(s, floor, factor)
+            s["fits"] = fit_sweep(s, floor, cfg["fit_floor_factor"])
             s["ratio"] = [b / f for b, f in zip(s["times"]["backward"], s["times"]["forward"])]
-        complexity[backend] = dict(floor=floor, N=sN, width=sWw, depth=sWd)
+        result[backend] = dict(floor=floor, N=sN, width=sWw, depth=sWd)
         for label, s in (("N", sN), ("W (width)", sWw), ("W (depth)", sWd)):
             log(f"  exponents in {label}: " + ", ".join(
                 f"{op} {f['exponent']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]"
                 for op, f in s["fits"].items()))
-    report["complexity"] = complexity
-    wc = cfg["width_sweep"]
-    report["memory"] = memory([[n, n, n, 10] for n in wc["widths"]]
-                              + [[cfg["depth_sweep"]["width"]] * (d + 1) + [10]
-                                 for d in cfg["depth_sweep"]["depths"]], wc["batch"])
-    report["seconds"] = time.perf_counter() - started
-
-    from . import bench_report
-    out = Path(out) if out is not None else Path("benchmarks") / "results" / machine["name"]
-    bench_report.write(report, out, plots=plots)
-    log(f"wrote {out}/report.md, report.json{' and plots' if plots else ''} "
-        f"in {report['seconds']:.0f} s")
-    return report
+    return result
