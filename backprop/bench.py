@@ -626,6 +626,20 @@ def run(quick: bool = False, out: str | Path | None = None, plots: bool = True,
         report["speed"] = speed(cfg, backends, peak["gflops"], threads, log)
         log("throughput against width")
         report["throughput"] = throughput(cfg, backends, threads)
+        again = matmul_peak(cfg["peak_shape"], np.float32, rep, mt)   # the machine is shared:
+        log(f"float32 matmul peak again: {again['gflops']:.1f} GFLOP/s")  # keep the better one
+        if again["gflops"] > peak["gflops"]:
+            report["peak"] = again
+        report["peak"]["measured"] = [peak["gflops"], again["gflops"]]
+        best = report["peak"]["gflops"]
+        for row in report["speed"]:
+            if row["impl"].startswith("roofline"):
+                per_sample = flops(row["sizes"], 1)
+                for op in ("train", "forward"):
+                    row[op] = dict(samples_per_s=best * 1e9 / per_sample[op], gflops=best)
+            for op in ("train", "forward"):
+                if "percent_of_peak" in row[op]:
+                    row[op]["percent_of_peak"] = 100 * row[op]["gflops"] / report["peak"]["gflops"]
         report["seconds"]["speed"] = time.perf_counter() - t0
 
     if "complexity" in sections:
@@ -639,11 +653,12 @@ def run(quick: bool = False, out: str | Path | None = None, plots: bool = True,
                                   + [[cfg["depth_sweep"]["width"]] * (d + 1) + [10]
                                      for d in cfg["depth_sweep"]["depths"]], wc["batch"])
         report["seconds"]["memory"] = time.perf_counter() - t0
+    from . import bench_report
     missing = [k for k in ("speed", "complexity", "memory") if k not in report]
     if missing:
-        raise SystemExit(f"report in {out} lacks {missing}: run those sections too")
-
-    from . import bench_report
+        bench_report.write_json(report, out)
+        log(f"wrote {out}/report.json; run the sections {missing} for report.md and the plots")
+        return report
     bench_report.write(report, out, plots=plots)
     log(f"wrote {out}/report.md, report.json{' and plots' if plots else ''}")
     return report

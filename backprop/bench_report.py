@@ -15,9 +15,13 @@ SEEDS_TABLE = [  # operation, the seeds' time and space, the sweep op measured
 ]
 
 
-def write(report: dict[str, Any], out: Path, plots: bool = True) -> None:
+def write_json(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_plain) + "\n")
+
+
+def write(report: dict[str, Any], out: Path, plots: bool = True) -> None:
+    write_json(report, out)
     figures = make_plots(report, out) if plots else []
     (out / "report.md").write_text(markdown(report, figures))
 
