@@ -158,7 +158,7 @@ class Prepared:
     """A network, one batch on its device and the workspaces: the calls the benchmarks time."""
 
     def __init__(self, sizes: Sequence[int], batch: int, backend: str = "numpy",
-                 learning_rate: float = 1e-3) -> None:
+                 learning_rate: float = 1e-3, optimizer: str = "sgd") -> None:
         self.net = net = make_network(sizes, backend)
         be = net.backend
         X, labels = make_data(sizes, batch)
@@ -166,7 +166,7 @@ class Prepared:
         self.Y = be.asarray(one_hot(labels, sizes[-1]))
         self.ws = net.workspace(batch, train=True)
         self.ws_infer = net.workspace(batch, train=False)
-        self.optimizer = optimizers.SGD()
+        self.optimizer = optimizers.get(optimizer)
         self.optimizer.reset(be, net.parameters())
         self.learning_rate = learning_rate
         self.sync = be.synchronize
@@ -186,14 +186,14 @@ class Prepared:
 
 
 def time_epoch(sizes: Sequence[int], n: int, batch: int, backend: str = "numpy",
-               repeat: int = 7, min_time: float = 0.05) -> float:
+               repeat: int = 7, min_time: float = 0.05, optimizer: str = "sgd") -> float:
     """Seconds of one epoch of n samples in batches of ``batch`` (``training.run_epoch``)."""
     from .training import run_epoch
     net = make_network(sizes, backend)
     be = net.backend
     X, labels = make_data(sizes, n)
     X, Y = be.asarray(X), be.asarray(one_hot(labels, sizes[-1]))
-    opt = optimizers.SGD()
+    opt = optimizers.get(optimizer)
     opt.reset(be, net.parameters())
     order = be.asarray(np.random.default_rng(0).permutation(n))
     return measure(lambda: run_epoch(net, X, Y, order, min(batch, n), opt, 1e-3),
@@ -335,20 +335,25 @@ def fit_above_floor(x: Sequence[float], t: Sequence[float], floor: float,
 
 # ---------------------------------------------------------------------- complexity sweeps
 
+#: the sweeps train with momentum: its update is one elementwise pass per parameter, whereas
+#: plain SGD folds the update into SciPy's sgemm, whose OpenBLAS is a second copy beside
+#: NumPy's; on 2 vCPUs the two thread pools contend (see the speed section's SGD rows)
+COMPLEXITY_OPTIMIZER = "momentum"
+
 def overhead_floor(backend: str, repeat: int, min_time: float) -> dict[str, float]:
     """Per-call cost with no arithmetic: forward, backward and train step of a 1-1-1 network,
     batch 1, and an epoch of 1 sample."""
-    p = Prepared([1, 1, 1], 1, backend)
+    p = Prepared([1, 1, 1], 1, backend, optimizer=COMPLEXITY_OPTIMIZER)
     out = {op: measure(getattr(p, op), repeat, min_time, p.sync)
            for op in ("forward", "backward", "train_step")}
-    out["epoch"] = time_epoch([1, 1, 1], 1, 1, backend, repeat, min_time)
+    out["epoch"] = time_epoch([1, 1, 1], 1, 1, backend, repeat, min_time, COMPLEXITY_OPTIMIZER)
     return out
 
 
 def time_ops(sizes: Sequence[int], batch: int, backend: str, repeat: int,
              min_time: float) -> dict[str, float]:
     """Seconds of forward, backward and train step for one batch."""
-    p = Prepared(sizes, batch, backend)
+    p = Prepared(sizes, batch, backend, optimizer=COMPLEXITY_OPTIMIZER)
     return {op: measure(getattr(p, op), repeat, min_time, p.sync)
             for op in ("forward", "backward", "train_step")}
 
@@ -360,7 +365,8 @@ def sweep_N(cfg: dict, backend: str, floor: dict, repeat: int, min_time: float) 
     for N in Ns:
         for op, t in time_ops(sizes, N, backend, repeat, min_time).items():
             times[op].append(t)
-        times["epoch"].append(time_epoch(sizes, N, eb, backend, repeat, min_time))
+        times["epoch"].append(time_epoch(sizes, N, eb, backend, repeat, min_time,
+                                         COMPLEXITY_OPTIMIZER))
     return dict(sizes=sizes, epoch_batch=eb, x=Ns, times=times)
 
 
@@ -610,7 +616,8 @@ def run(quick: bool = False, out: str | Path | None = None, plots: bool = True,
         report = json.loads(previous.read_text())
         if report.get("mode") != mode:
             report = {}
-    report.update(mode=mode, machine=machine, config={k: v for k, v in cfg.items()})
+    report.update(mode=mode, machine=machine,
+                  config=dict(cfg, complexity_optimizer=COMPLEXITY_OPTIMIZER))
     report.setdefault("seconds", {})
     log(f"machine {machine['name']} ({machine['cpu']}, {threads} BLAS threads), "
         f"backends {backends}, {mode} mode, sections {list(sections)}")

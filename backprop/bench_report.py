@@ -124,7 +124,10 @@ def _complexity_section(report: dict[str, Any]) -> list[str]:
              "Only points slower than "
              f"{report['config']['fit_floor_factor']:g}× the per-call floor enter a fit; the "
              "smaller sizes are overhead (Python calls, ufunc dispatch, BLAS start-up), which "
-             "is flat in N and W — the plots show them as hollow markers.", ""]
+             "is flat in N and W — the plots show them as hollow markers. Train steps and "
+             f"epochs here use the {report['config'].get('complexity_optimizer', 'momentum')} "
+             "optimizer (its update is its own pass; see the speed section for why not plain "
+             "SGD on this machine).", ""]
     for backend, c in report["complexity"].items():
         sN, sw, sd = c["N"], c["width"], c["depth"]
         lines += [f"### {backend}", "",
