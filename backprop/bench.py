@@ -47,7 +47,7 @@ FULL = dict(
     epoch_samples=2048,                         # samples per epoch for the epoch-based peers
     reference_networks=["tiny", "mnist"],       # the per-sample oracle is slow: small sizes only
     n_sweep=dict(sizes=[256, 512, 512, 10], N=[2 ** k for k in range(2, 13)], epoch_batch=32),
-    width_sweep=dict(widths=[8, 16, 32, 64, 128, 256, 512, 1024], batch=128),
+    width_sweep=dict(widths=[8, 16, 32, 64, 128, 256, 512, 1024, 2048], batch=128),
     depth_sweep=dict(width=128, depths=[1, 2, 4, 8, 16, 32, 64, 128, 256], batch=128),
     throughput=dict(widths=[16, 64, 256, 1024], batch=128),
     fit_floor_factor=20.0,
