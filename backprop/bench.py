@@ -406,7 +406,8 @@ def traced_bytes(make: Callable[[], Any]) -> int:
 
 
 def memory(networks: Sequence[Sequence[int]], batch: int) -> dict[str, Any]:
-    """Activations: workspace bytes per batch row against Σ_{l>=1} n_l. Parameters, gradients
+    """Activations: workspace bytes per batch row against Σ_{l>=0} n_l (the workspace keeps
+    the batch's X and Y too: 4·(n_0 + 2·Σ_{l>=1} n_l + 2·n_L) + 8 bytes). Parameters, gradients
     and Adam's two state buffers against W (all float32, NumPy backend)."""
     rows = []
     for sizes in networks:
@@ -420,7 +421,7 @@ def memory(networks: Sequence[Sequence[int]], batch: int) -> dict[str, Any]:
             opt = optimizers.Adam()
             opt.reset(n.backend, n.parameters())
             return n, opt
-        rows.append(dict(sizes=list(sizes), units=sum(sizes[1:]), W=weights(sizes),
+        rows.append(dict(sizes=list(sizes), units=sum(sizes), W=weights(sizes),
                          n_parameters=net.n_parameters,
                          workspace_bytes_per_row=ws_bytes / batch,
                          parameter_state_bytes=traced_bytes(params_and_state)))

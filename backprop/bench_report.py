@@ -168,7 +168,8 @@ def _memory_section(report: dict[str, Any]) -> list[str]:
     fa, fp = mem["fit_activations"], mem["fit_parameters"]
     lines = ["## Memory (NumPy backend, float32, tracemalloc)", "",
              f"Training workspace (activations, deltas, batch copies) per batch row against "
-             f"Σ_{{l≥1}} n_l: exponent {_ci(fa)} (seeds: O(Σ n_l) per sample). Parameters, "
+             f"Σ_{{l≥0}} n_l (the input included: the workspace keeps a copy of the batch): "
+             f"exponent {_ci(fa)} (seeds: O(Σ n_l) per sample). Parameters, "
              f"gradients and Adam's two state buffers against W = Σ n_l·n_{{l-1}}: exponent "
              f"{_ci(fp)} (seeds: O(Σ n_l²)); 4 bytes × 4 copies = 16 bytes per weight expected.",
              "", "| layer sizes | Σ n_l | W | workspace bytes / row | params+grads+Adam bytes "
@@ -310,7 +311,8 @@ def _plot_memory(plt: Any, report: dict[str, Any], out: Path) -> str:
     rows = mem["rows"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key_x, key_y, fit, xl, yl in (
-            (ax1, "units", "workspace_bytes_per_row", mem["fit_activations"], "Σ_{l≥1} n_l (units)",
+            (ax1, "units", "workspace_bytes_per_row", mem["fit_activations"],
+             "Σ_{l≥0} n_l (units, input included)",
              "training workspace bytes per batch row"),
             (ax2, "W", "parameter_state_bytes", mem["fit_parameters"], "W = Σ n_l·n_{l-1}",
              "parameters + gradients + Adam state, bytes")):
