@@ -109,6 +109,13 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
                   f"{wide['train']['gflops']:.1f} GFLOP/s = "
                   f"{wide['train']['percent_of_peak']:.1f}% of the matmul peak** "
                   "(target ≥ 85%; PyTorch CPU ~60%, hand-written NumPy ~75%)."]
+        blas = [p for p in report["machine"]["threadpools"] if p.get("user_api") == "blas"]
+        if len(blas) > 1:
+            lines += ["", f"{len(blas)} BLAS libraries are loaded ("
+                      + ", ".join(f"`{Path(p.get('filepath', '?')).name}`" for p in blas)
+                      + "): plain SGD's update runs in SciPy's `sgemm` (its own OpenBLAS) "
+                      "between NumPy's products, and on few cores the two thread pools "
+                      "contend; compare the SGD and momentum rows."]
         mom = by_net["wide"].get("backprop-numpy momentum")
         if mom:
             lines += ["", f"With momentum (the update in its own elementwise pass instead of "
