@@ -42,6 +42,15 @@ def demo(args: argparse.Namespace) -> None:
           f"{max(history['samples_per_second']):,.0f} samples/s")
 
 
+def bench(args: argparse.Namespace) -> None:
+    from . import bench as _bench
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(_bench.SECTIONS)
+    if unknown:
+        raise SystemExit(f"--sections: unknown {sorted(unknown)}; choose from {_bench.SECTIONS}")
+    _bench.run(quick=args.quick, out=args.out, plots=not args.no_plots, sections=sections)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m backprop", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default=None, help="numpy, numba or cupy (default: by device)")
     p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(run=demo)
+    p = sub.add_parser("bench", help="measure speed, the complexity table and memory; write a "
+                                     "report (markdown, JSON, PNG plots)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (what CI runs)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: benchmarks/results/<machine>)")
+    p.add_argument("--sections", default="speed,complexity,memory",
+                   help="comma-separated subset of speed,complexity,memory to measure; the "
+                        "others are kept from the report.json already in --out")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (no matplotlib)")
+    p.set_defaults(run=bench)
     args = parser.parse_args(argv)
     args.run(args)
 
