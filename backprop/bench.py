@@ -335,10 +335,8 @@ def fit_above_floor(x: Sequence[float], t: Sequence[float], floor: float,
 
 # ---------------------------------------------------------------------- complexity sweeps
 
-#: the sweeps train with momentum: its update is one elementwise pass per parameter, whereas
-#: plain SGD folds the update into SciPy's sgemm, whose OpenBLAS is a second copy beside
-#: NumPy's; on 2 vCPUs the two thread pools contend (see the speed section's SGD rows)
-COMPLEXITY_OPTIMIZER = "momentum"
+#: the sweeps train with the seeds' plain mini-batch gradient descent
+COMPLEXITY_OPTIMIZER = "sgd"
 
 def overhead_floor(backend: str, repeat: int, min_time: float) -> dict[str, float]:
     """Per-call cost with no arithmetic: forward, backward and train step of a 1-1-1 network,
@@ -537,11 +535,6 @@ def speed(cfg: dict, backends: Sequence[str], peak: float, threads: int,
             timed.append((f"backprop-{backend}",
                           dict(train=measure(p.train_step, rep, mt, p.sync),
                                forward=measure(p.forward, rep, mt, p.sync))))
-            p.optimizer = optimizers.Momentum()       # the update in its own pass (no gemm fusion)
-            p.optimizer.reset(p.net.backend, p.net.parameters())
-            timed.append((f"backprop-{backend} momentum",
-                          dict(train=measure(p.train_step, rep, mt, p.sync),
-                               forward=measure(p.forward, rep, mt, p.sync))))
         if torch_available():
             import torch
             timed.append(("pytorch-cpu", time_torch(sizes, batch, "cpu", threads, rep, mt)))
@@ -575,10 +568,6 @@ def throughput(cfg: dict, backends: Sequence[str], threads: int) -> dict[str, An
         for backend in backends:
             p = Prepared(sizes, batch, backend)
             series.setdefault(f"backprop-{backend}", []).append(
-                batch / measure(p.train_step, rep, mt, p.sync))
-            p.optimizer = optimizers.Momentum()
-            p.optimizer.reset(p.net.backend, p.net.parameters())
-            series.setdefault(f"backprop-{backend} momentum", []).append(
                 batch / measure(p.train_step, rep, mt, p.sync))
         if torch_available():
             series.setdefault("pytorch-cpu", []).append(

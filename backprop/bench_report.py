@@ -109,18 +109,6 @@ def _speed_section(report: dict[str, Any]) -> list[str]:
                   f"{wide['train']['gflops']:.1f} GFLOP/s = "
                   f"{wide['train']['percent_of_peak']:.1f}% of the matmul peak** "
                   "(target ≥ 85%; PyTorch CPU ~60%, hand-written NumPy ~75%)."]
-        blas = [p for p in report["machine"]["threadpools"] if p.get("user_api") == "blas"]
-        if len(blas) > 1:
-            lines += ["", f"{len(blas)} BLAS libraries are loaded ("
-                      + ", ".join(f"`{Path(p.get('filepath', '?')).name}`" for p in blas)
-                      + "): plain SGD's update runs in SciPy's `sgemm` (its own OpenBLAS) "
-                      "between NumPy's products, and on few cores the two thread pools "
-                      "contend; compare the SGD and momentum rows."]
-        mom = by_net["wide"].get("backprop-numpy momentum")
-        if mom:
-            lines += ["", f"With momentum (the update in its own elementwise pass instead of "
-                      f"folded into SciPy's sgemm): {mom['train']['gflops']:.1f} GFLOP/s = "
-                      f"{mom['train']['percent_of_peak']:.1f}% of the peak."]
     return lines + [""]
 
 
@@ -132,9 +120,8 @@ def _complexity_section(report: dict[str, Any]) -> list[str]:
              f"{report['config']['fit_floor_factor']:g}× the per-call floor enter a fit; the "
              "smaller sizes are overhead (Python calls, ufunc dispatch, BLAS start-up), which "
              "is flat in N and W — the plots show them as hollow markers. Train steps and "
-             f"epochs here use the {report['config'].get('complexity_optimizer', 'momentum')} "
-             "optimizer (its update is its own pass; see the speed section for why not plain "
-             "SGD on this machine).", ""]
+             f"epochs here use the {report['config'].get('complexity_optimizer', 'sgd')} "
+             "optimizer.", ""]
     for backend, c in report["complexity"].items():
         sN, sw, sd = c["N"], c["width"], c["depth"]
         lines += [f"### {backend}", "",
