@@ -1,31 +1,15 @@
 """One suite, every backend: the ``backend`` fixture runs a test on each backend available here.
 
 A backend whose package or hardware is absent is skipped with a reason that says which.
-Results are compared on the host with dtype-aware tolerances (:func:`assert_close`).
+Results are compared on the host with dtype-aware tolerances (:func:`support.assert_close`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from support import DEVICE, unavailable
 
-from backprop import Network
-from backprop.backends import BACKENDS, get_backend, is_installed
-
-DEVICE = {name: spec[2] for name, spec in BACKENDS.items()}   # backend -> device kind
-#: relative tolerance of a backend against the NumPy backend, by dtype
-RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
-
-
-def unavailable(name: str) -> str | None:
-    """Why backend ``name`` cannot run here, or None when it can."""
-    if not is_installed(name):
-        return f"backend {name!r}: its package is not installed"
-    try:
-        get_backend(DEVICE[name], name)
-    except (ImportError, RuntimeError) as e:
-        return f"backend {name!r} unavailable: {e}"
-    return None
+from backprop.backends import BACKENDS
 
 
 @pytest.fixture(params=[pytest.param(n, marks=[pytest.mark.gpu] if DEVICE[n] == "cuda" else [])
@@ -41,34 +25,3 @@ def backend(request) -> str:
 @pytest.fixture(params=["float32", "float64"])
 def dtype(request) -> str:
     return request.param
-
-
-def make_network(backend: str, *args, **kwargs) -> Network:
-    """A Network on ``backend`` and its device."""
-    return Network(*args, device=DEVICE[backend], backend=backend, **kwargs)
-
-
-def assert_close(actual, expected, rtol: float, what: str = "") -> None:
-    """‖actual - expected‖ <= rtol · ‖expected‖ (norm-wise relative error), on the host."""
-    from backprop import to_numpy
-    a = np.asarray(to_numpy(actual), dtype=np.float64)
-    e = np.asarray(to_numpy(expected), dtype=np.float64)
-    assert a.shape == e.shape, f"{what}: shape {a.shape} != {e.shape}"
-    err = np.linalg.norm(a - e)
-    scale = max(np.linalg.norm(e), np.finfo(np.float64).tiny)
-    assert err <= rtol * scale, f"{what}: relative error {err / scale:.3g} > {rtol:.1g}"
-
-
-def random_targets(rng: np.random.Generator, loss: str, n: int, n_out: int) -> np.ndarray:
-    """Valid targets for ``loss``: one-hot rows, [0, 1] values, or real values."""
-    if loss == "cross_entropy":
-        return np.eye(n_out)[rng.integers(0, n_out, n)]
-    if loss == "binary_cross_entropy":
-        return rng.uniform(0, 1, (n, n_out))
-    return rng.normal(0, 1, (n, n_out))
-
-
-#: every (hidden activation, output activation, loss) the library accepts, once each
-ACTIVATION_NAMES = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax"]
-PAIRINGS = ([("mse", a) for a in ACTIVATION_NAMES]
-            + [("binary_cross_entropy", "sigmoid"), ("cross_entropy", "softmax")])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (ACTIVATION_NAMES, PAIRINGS, RTOL, assert_close, make_network,
+from support import (ACTIVATION_NAMES, PAIRINGS, RTOL, assert_close, make_network,
                       random_targets)
 
 import backprop

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ACTIVATION_NAMES, PAIRINGS, assert_close, make_network, random_targets
+from support import ACTIVATION_NAMES, PAIRINGS, assert_close, make_network, random_targets
 
 from backprop import reference, to_numpy
 

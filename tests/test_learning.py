@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_close, make_network, random_targets
+from support import assert_close, make_network, random_targets
 
 
 def test_xor(backend):

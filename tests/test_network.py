@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import DEVICE, assert_close, make_network
+from support import DEVICE, assert_close, make_network
 
 import backprop
 from backprop import Network, to_numpy

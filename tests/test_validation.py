@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_network
+from support import make_network
 
 from backprop import Network
 
@@ -121,7 +121,7 @@ def test_bad_construction(args, kwargs, error, words):
 
 
 def test_unavailable_cuda_says_what_is_missing():
-    from conftest import unavailable
+    from support import unavailable
     reason = unavailable("cupy")
     if reason is None:
         pytest.skip("a CUDA device is present here")
