@@ -65,12 +65,12 @@ class NumPyBackend(Backend):
             np.tanh(Z, out=A)
         elif code == Code.RELU:
             np.maximum(Z, 0, out=A)
-        elif code == Code.LEAKY_RELU:
-            negative = self._scratch(Z.shape, np.bool_)
-            np.less(Z, 0, out=negative)
-            if A is not Z:
-                np.copyto(A, Z)
-            np.multiply(A, activation.alpha, out=A, where=negative)
+        elif code == Code.LEAKY_RELU:       # max(z, 0) + α min(z, 0)
+            s = self._scratch(Z.shape, Z.dtype)
+            np.minimum(Z, 0, out=s)
+            s *= activation.alpha
+            np.maximum(Z, 0, out=A)
+            A += s
         elif code == Code.ELU:               # max(z, 0) + α expm1(min(z, 0))
             s = self._scratch(Z.shape, Z.dtype)
             np.minimum(Z, 0, out=s)
@@ -100,21 +100,19 @@ class NumPyBackend(Backend):
         elif code == Code.TANH:
             np.multiply(A, A, out=s)
             np.subtract(1, s, out=s)
-        elif code == Code.RELU:                  # masks in bool: no casting buffers
-            off = self._scratch(A.shape, np.bool_)
-            np.less_equal(A, 0, out=off)
-            np.copyto(G, 0, where=off)
-            return
-        elif code == Code.LEAKY_RELU:
-            off = self._scratch(A.shape, np.bool_)
-            np.less_equal(A, 0, out=off)
-            np.multiply(G, activation.alpha, out=G, where=off)
-            return
-        elif code == Code.ELU:
-            positive = self._scratch(A.shape, np.bool_)
-            np.greater(A, 0, out=positive)
-            np.add(A, activation.alpha, out=s)
-            np.copyto(s, 1, where=positive)
+        elif code == Code.RELU:             # masks as arithmetic: masked copies are 10x slower
+            np.greater(A, 0, out=s)
+        elif code == Code.LEAKY_RELU:       # α + (1 - α) [a > 0]
+            np.greater(A, 0, out=s)
+            s *= 1.0 - activation.alpha
+            s += activation.alpha
+        elif code == Code.ELU:              # min(a, 0) + α + (1 - α) [a > 0]
+            step = self._scratch(A.shape, A.dtype, slot=1)
+            np.greater(A, 0, out=step)
+            step *= 1.0 - activation.alpha
+            np.minimum(A, 0, out=s)
+            s += activation.alpha
+            s += step
         elif code == Code.SOFTMAX:
             row = self._scratch((A.shape[0], 1), A.dtype)
             np.multiply(G, A, out=s)
@@ -266,11 +264,9 @@ class NumPyBackend(Backend):
         out[0] = 1.0 if norm <= max_norm else max_norm / norm
 
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
-        dropped = self._scratch(mask.shape, np.bool_)
         self._rng.random(out=mask, dtype=mask.dtype)
-        np.less(mask, rate, out=dropped)
-        np.copyto(mask, 1.0 / (1.0 - rate))
-        np.copyto(mask, 0, where=dropped)
+        np.greater_equal(mask, rate, out=mask)
+        mask *= 1.0 / (1.0 - rate)
         np.multiply(A, mask, out=out)
 
     def multiply(self, x: Array, y: Array) -> None:
