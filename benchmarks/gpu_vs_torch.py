@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backprop.bench import flops  # noqa: E402  (one count of the work, shared with the CPU report)
+
 #: (name, layer sizes, batch size): the PERFORMANCE.md anchors plus a large network
 CASES = [
     ("tiny 64-32-10", [64, 32, 10], 32),
@@ -37,12 +39,11 @@ CASES = [
 
 
 def train_flops(sizes: list[int], batch: int) -> float:
-    pairs = [n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:])]
-    return 2.0 * batch * (2 * sum(pairs) + sum(pairs[1:]))
+    return float(flops(sizes, batch)["train"])
 
 
 def infer_flops(sizes: list[int], batch: int) -> float:
-    return 2.0 * batch * sum(n_in * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    return float(flops(sizes, batch)["forward"])
 
 
 def why_no_gpu() -> str | None:
