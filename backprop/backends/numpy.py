@@ -128,14 +128,12 @@ class NumPyBackend(Backend):
 
     def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
                 Z: Array, A: Array) -> None:
-        gemm = _gemm(W.dtype)
-        if gemm is None:
+        if _gemm(W.dtype) is None:
             np.matmul(A_prev, W.T, out=Z)
             Z += b
-        else:  # Z.T ← W A_prevᵀ + Z.T with Z pre-filled with b: the bias rides in the gemm
+        else:  # Z pre-filled with b, then Z ← A_prev Wᵀ + Z: the bias rides in the gemm
             np.copyto(Z, b)
-            _check_inplace(gemm(1.0, W.T, A_prev.T, beta=1.0, c=Z.T, trans_a=1,
-                                overwrite_c=1), Z)
+            _matmul(A_prev, W.T, Z, beta=1.0)
         self._activate(Z, activation, A)
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
@@ -147,21 +145,11 @@ class NumPyBackend(Backend):
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
-        gemm = _gemm(W_next.dtype)
-        if gemm is None:
-            np.matmul(delta_next, W_next, out=delta)
-        else:  # delta.T ← W_nextᵀ delta_nextᵀ
-            _check_inplace(gemm(1.0, W_next.T, delta_next.T, beta=0.0, c=delta.T,
-                                overwrite_c=1), delta)
+        _matmul(delta_next, W_next, delta)
         self._backprop_activation(delta, A, activation)
 
     def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
-        gemm = _gemm(dW.dtype)
-        if gemm is None:
-            np.matmul(delta.T, A_prev, out=dW)
-        else:  # dW.T ← A_prevᵀ delta
-            _check_inplace(gemm(1.0, A_prev.T, delta.T, beta=0.0, c=dW.T, trans_b=1,
-                                overwrite_c=1), dW)
+        _matmul(delta.T, A_prev, dW)
         np.sum(delta, axis=0, out=db)
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
@@ -274,13 +262,10 @@ class NumPyBackend(Backend):
 
     def sgd_weight_update(self, delta: Array, A_prev: Array, W: Array, b: Array,
                           rule: UpdateRule, dW: Array, db: Array) -> None:
-        gemm = _gemm(W.dtype)
-        if gemm is None:
+        if _gemm(W.dtype) is None:
             return super().sgd_weight_update(delta, A_prev, W, b, rule, dW, db)
         lr = rule.learning_rate
-        # W.T (n_in, n_out) is Fortran-ordered: updated in place by C ← α op(A) op(B) + β C
-        _check_inplace(gemm(-lr, A_prev.T, delta.T, beta=1.0 - 2.0 * lr * rule.l2, c=W.T,
-                            trans_b=1, overwrite_c=1), W)
+        _matmul(delta.T, A_prev, W, alpha=-lr, beta=1.0 - 2.0 * lr * rule.l2)
         np.sum(delta, axis=0, out=db)
         db *= lr
         b -= db
@@ -299,7 +284,27 @@ def _gemm(dtype: np.dtype) -> Any:
         np.dtype(dtype))
 
 
-def _check_inplace(result: np.ndarray, target: np.ndarray) -> None:
-    """gemm with overwrite_c writes into C when C is Fortran-ordered; copy if it did not."""
-    if not np.shares_memory(result, target):  # pragma: no cover - BLAS made a copy
-        np.copyto(target, result.T)
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, alpha: float = 1.0,
+            beta: float = 0.0) -> None:
+    """``out ← α a @ b + β out`` in one BLAS call; ``a``, ``b`` may be transposed views.
+
+    With SciPy's gemm (Fortran order) this is ``out.T ← α bᵀ aᵀ + β out.T``: a C-contiguous
+    ``out`` is a Fortran-ordered ``out.T``, written in place, and each operand is passed as
+    stored with the matching transpose flag, so nothing is copied. Without SciPy only
+    α = 1, β = 0 is needed (np.matmul).
+    """
+    gemm = _gemm(out.dtype)
+    if gemm is None:
+        np.matmul(a, b, out=out)
+        return
+    x, trans_x = _fortran(b.T)
+    y, trans_y = _fortran(a.T)
+    result = gemm(alpha, x, y, beta=beta, c=out.T, trans_a=trans_x, trans_b=trans_y,
+                  overwrite_c=1)
+    if not np.shares_memory(result, out):  # pragma: no cover - BLAS made a copy
+        np.copyto(out, result.T)
+
+
+def _fortran(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` as a Fortran-ordered array and the gemm transpose flag that gives back ``x``."""
+    return (x, 0) if x.flags.f_contiguous else (x.T, 1)
