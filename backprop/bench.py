@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import optimizers, reference
-from .backends import available_backends, get_backend
+from .backends import available_backends
 from .network import Network
 
 #: the core speed benchmark: (name, layer sizes, batch)
@@ -218,6 +218,18 @@ def sklearn_available() -> bool:
     return True
 
 
+def torch_mlp(sizes: Sequence[int]) -> Any:
+    """PyTorch's twin of :func:`make_network`: Linear layers with ReLU between them; the
+    softmax is left to ``torch.nn.CrossEntropyLoss``, which fuses it with the loss."""
+    import torch
+    layers: list[Any] = []
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(n_in, n_out))
+        if l < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
 def time_torch(sizes: Sequence[int], batch: int, device: str = "cpu", threads: int | None = None,
                repeat: int = 7, min_time: float = 0.05) -> dict[str, float]:
     """PyTorch: seconds of one SGD training step and of one forward pass (inference mode)."""
@@ -225,12 +237,7 @@ def time_torch(sizes: Sequence[int], batch: int, device: str = "cpu", threads: i
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    layers: list[Any] = []
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if l < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).to(device)
+    model = torch_mlp(sizes).to(device)
     X, labels = make_data(sizes, batch)
     X, y = torch.from_numpy(X).to(device), torch.from_numpy(labels).to(device)
     criterion = torch.nn.CrossEntropyLoss()       # softmax + cross-entropy, fused

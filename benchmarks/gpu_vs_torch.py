@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backprop.bench import flops  # noqa: E402  (one count of the work, shared with the CPU report)
+from backprop.bench import flops, make_data, one_hot, torch_mlp  # noqa: E402  (shared with the CPU report)
 
 #: (name, layer sizes, batch size): the PERFORMANCE.md anchors plus a large network
 CASES = [
@@ -66,24 +66,22 @@ def n_samples(batch: int, sizes: list[int], quick: bool) -> int:
     return batch * (batches // (4 if quick else 1))
 
 
-def data(n: int, sizes: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
-    Y = np.eye(sizes[-1], dtype=np.float32)[rng.integers(0, sizes[-1], n)]
-    return X, Y
+def data(n: int, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The CPU report's samples (:func:`backprop.bench.make_data`) with one-hot targets."""
+    X, labels = make_data(sizes, n)
+    return X, one_hot(labels, sizes[-1])
 
 
 # ---------------------------------------------------------------- backprop on CuPy
 
 def bench_backprop(sizes, batch, X, Y, epochs, graphs):
     import cupy
-    from backprop import Network
     from backprop.backends import get_backend
+    from backprop.bench import make_network
     backend = get_backend("cuda", "cupy")
     backend.graphs = graphs
     try:
-        acts = ["relu"] * (len(sizes) - 2) + ["softmax"]
-        net = Network(sizes, acts, "cross_entropy", device="cuda", seed=0)
+        net = make_network(sizes, "cupy")
         Xd, Yd = cupy.asarray(X), cupy.asarray(Y)
         hist = net.fit(Xd, Yd, epochs=epochs, batch_size=batch, learning_rate=1e-3,
                        optimizer="sgd", shuffle=True, seed=0)
@@ -105,21 +103,12 @@ def bench_backprop(sizes, batch, X, Y, epochs, graphs):
 
 # ---------------------------------------------------------------- PyTorch
 
-def torch_model(torch, sizes):
-    layers = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers).cuda()
-
-
 def bench_torch(sizes, batch, X, Y, epochs, compiled):
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    model = torch_model(torch, sizes)
+    model = torch_mlp(sizes).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xd = torch.from_numpy(X).cuda()

@@ -13,12 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backprop import Network  # noqa: E402
 from backprop.backends import numba as numba_backend  # noqa: E402
+from backprop.bench import make_data, make_network  # noqa: E402
 
 WIDTHS = [16, 32, 64, 128, 192, 256, 384]
 BATCH, SAMPLES, REPEATS = 64, 4096, 5
@@ -26,11 +24,9 @@ BATCH, SAMPLES, REPEATS = 64, 4096, 5
 
 def rate(width: int, fused: bool) -> float:
     numba_backend.FUSED_MAX_WIDTH = 10**9 if fused else 0
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((SAMPLES, width)).astype(np.float32)
-    y = rng.integers(0, 10, SAMPLES)
-    net = Network([width] * 3 + [10], ["relu"] * 2 + ["softmax"], "cross_entropy",
-                  backend="numba", seed=0)
+    sizes = [width] * 3 + [10]
+    X, y = make_data(sizes, SAMPLES)
+    net = make_network(sizes, "numba")
     times = []
     for k in range(REPEATS + 1):
         start = time.perf_counter()

@@ -12,18 +12,16 @@ runs in its own process, so PyTorch's OpenMP threads never spin beside OpenBLAS'
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backprop import Network  # noqa: E402
 from backprop.backends import numba as numba_backend  # noqa: E402
+from backprop.bench import make_data, make_network, measure, torch_mlp  # noqa: E402
 
 CASES = [  # name, layer sizes, batch, samples
     ("tiny", [64, 32, 10], 32, 8192),
@@ -34,21 +32,9 @@ REPEATS = 5
 LEARNING_RATE = 0.01
 
 
-def data(sizes: list[int], n: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[-1], n)
-    return X, y
-
-
-def median_seconds(run, repeats: int = REPEATS) -> float:
-    run()                                   # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_seconds(run) -> float:
+    """One warm-up call (which also compiles), then the median of REPEATS single calls."""
+    return measure(run, repeat=REPEATS, min_time=0.0)
 
 
 def backprop_rates(backend: str, sizes, batch, X, y, fused_max_width=None):
@@ -56,8 +42,7 @@ def backprop_rates(backend: str, sizes, batch, X, y, fused_max_width=None):
     if fused_max_width is not None:
         numba_backend.FUSED_MAX_WIDTH = fused_max_width
     try:
-        net = Network(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], "cross_entropy",
-                      backend=backend, dtype="float32", seed=0)
+        net = make_network(sizes, backend)
         train = median_seconds(lambda: net.fit(X, y, epochs=1, batch_size=batch,
                                                learning_rate=LEARNING_RATE, seed=1))
         out = np.empty((X.shape[0], sizes[-1]), np.float32)
@@ -71,10 +56,7 @@ def torch_rates(sizes, batch, X, y):
     import torch
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    layers = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1])
+    model = torch_mlp(sizes)
     opt = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     loss_fn = torch.nn.CrossEntropyLoss()
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
@@ -104,7 +86,7 @@ IMPLEMENTATIONS = {  # label -> how to measure it
 }
 
 
-def measure(case: str, impl: str) -> tuple[float, float]:
+def measure_in_process(case: str, impl: str) -> tuple[float, float]:
     """(train, infer) samples/s of one implementation on one case, in a fresh process."""
     out = subprocess.run([sys.executable, __file__, "--one", case, impl], check=True,
                          capture_output=True, text=True).stdout
@@ -114,7 +96,7 @@ def measure(case: str, impl: str) -> tuple[float, float]:
 def main() -> None:
     if sys.argv[1:2] == ["--one"]:
         _, sizes, batch, n = next(c for c in CASES if c[0] == sys.argv[2])
-        X, y = data(sizes, n)
+        X, y = make_data(sizes, n)
         print(json.dumps(IMPLEMENTATIONS[sys.argv[3]](sizes, batch, X, y)))
         return
     import torch
@@ -126,7 +108,7 @@ def main() -> None:
         label = "-".join(map(str, sizes))
         rates = {}
         for impl in IMPLEMENTATIONS:
-            rates[impl] = train, infer = measure(name, impl)
+            rates[impl] = train, infer = measure_in_process(name, impl)
             print(f"| {label} | {batch} | {n} | {impl} | {train:,.0f} | {infer:,.0f} |")
         auto, torch_, numpy_ = (rates[k] for k in ("numba backend (auto)", "PyTorch CPU",
                                                    "numpy backend"))
