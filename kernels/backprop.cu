@@ -16,7 +16,10 @@ enum { MSE = 0, BINARY_CROSS_ENTROPY = 1, CROSS_ENTROPY = 2 };
 enum { SGD = 0, MOMENTUM = 1, RMSPROP = 2, ADAM = 3 };
 
 #define REDUCE_THREADS 256
-#define TILE 16
+#define MM_BM 64          // matmul: rows of C per block
+#define MM_BN 64          // matmul: columns of C per block
+#define MM_BK 16          // matmul: k per shared-memory slab
+#define MM_THREADS 256    // matmul: threads per block (16 × 16)
 
 #define GRID_STRIDE(i, n)                                                             \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);       \
@@ -114,32 +117,76 @@ __global__ void output_delta(const T* A, const T* Y, T* delta, long long n, int 
 // ---------------------------------------------------------------- matrix products
 
 // C (M, N) = op(A) (M, K) @ op(B) (K, N), row-major; op(A) = A.T when trans_a (A stored
-// (K, M)), op(B) = B.T when trans_b (B stored (N, K)). Shared-memory tiles of TILE × TILE;
-// block (TILE, TILE), grid (⌈N/TILE⌉, ⌈M/TILE⌉). Used for small widths, where it can be
-// captured in a CUDA graph (cuBLAS cannot be, in CuPy). Each output sums k in order.
+// (K, M)), op(B) = B.T when trans_b (B stored (N, K)). Used where the product must be captured
+// in a CUDA graph (CuPy refuses cuBLAS during capture).
+//
+// A block computes an MM_BM × MM_BN tile of C from k-slabs of MM_BK staged in shared memory;
+// each of its MM_THREADS threads keeps a 4 × 4 register tile (rows ty + 16 i, columns
+// tx + 16 j), so one k step is 8 shared loads for 16 fused multiply-adds. Split-K: block z of
+// gridDim.z sums k in [z · k_chunk, (z + 1) · k_chunk) and writes its partial product to
+// out + z · M · N (out is C itself when gridDim.z == 1); sum_splits then adds the partials in
+// order. Every output sums its k in a fixed order: results are deterministic.
+// Grid (⌈N / MM_BN⌉, ⌈M / MM_BM⌉, splits), block (16, 16).
 template <typename T>
-__global__ void matmul(const T* A, const T* B, T* C, int M, int N, int K, int trans_a,
-                       int trans_b) {
-    __shared__ T As[TILE][TILE + 1];
-    __shared__ T Bs[TILE][TILE + 1];
-    const int row = blockIdx.y * TILE + threadIdx.y;
-    const int col = blockIdx.x * TILE + threadIdx.x;
-    T acc = T(0);
-    for (int k0 = 0; k0 < K; k0 += TILE) {
-        const int ka = k0 + threadIdx.x;     // column of op(A) loaded by this thread
-        const int kb = k0 + threadIdx.y;     // row of op(B) loaded by this thread
-        T a = T(0), b = T(0);
-        if (row < M && ka < K)
-            a = trans_a ? A[(long long)ka * M + row] : A[(long long)row * K + ka];
-        if (kb < K && col < N)
-            b = trans_b ? B[(long long)col * K + kb] : B[(long long)kb * N + col];
-        As[threadIdx.y][threadIdx.x] = a;
-        Bs[threadIdx.y][threadIdx.x] = b;
+__global__ void matmul(const T* A, const T* B, T* out, int M, int N, int K, int trans_a,
+                       int trans_b, int k_chunk) {
+    __shared__ T As[MM_BK][MM_BM + 1];     // op(A) slab, k-major; +1: no bank conflicts on store
+    __shared__ T Bs[MM_BK][MM_BN + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y, t = ty * 16 + tx;
+    const int m0 = blockIdx.y * MM_BM, n0 = blockIdx.x * MM_BN;
+    const int k_begin = blockIdx.z * k_chunk;
+    const int k_end = k_begin + k_chunk < K ? k_begin + k_chunk : K;
+    T acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = T(0);
+    for (int k0 = k_begin; k0 < k_end; k0 += MM_BK) {
+        // Stage the slabs; consecutive threads read consecutive addresses of the stored layout.
+        for (int e = t; e < MM_BM * MM_BK; e += MM_THREADS) {
+            const int m = trans_a ? e % MM_BM : e / MM_BK;
+            const int k = trans_a ? e / MM_BM : e % MM_BK;
+            const int gm = m0 + m, gk = k0 + k;
+            T a = T(0);
+            if (gm < M && gk < k_end)
+                a = trans_a ? A[(long long)gk * M + gm] : A[(long long)gm * K + gk];
+            As[k][m] = a;
+        }
+        for (int e = t; e < MM_BK * MM_BN; e += MM_THREADS) {
+            const int n = trans_b ? e / MM_BK : e % MM_BN;
+            const int k = trans_b ? e % MM_BK : e / MM_BN;
+            const int gn = n0 + n, gk = k0 + k;
+            T b = T(0);
+            if (gn < N && gk < k_end)
+                b = trans_b ? B[(long long)gn * K + gk] : B[(long long)gk * N + gn];
+            Bs[k][n] = b;
+        }
         __syncthreads();
-        for (int k = 0; k < TILE; ++k) acc += As[threadIdx.y][k] * Bs[k][threadIdx.x];
+        for (int k = 0; k < MM_BK; ++k) {
+            T a[4], b[4];
+            for (int i = 0; i < 4; ++i) a[i] = As[k][ty + 16 * i];
+            for (int j = 0; j < 4; ++j) b[j] = Bs[k][tx + 16 * j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        }
         __syncthreads();
     }
-    if (row < M && col < N) C[(long long)row * N + col] = acc;
+    T* C = out + (long long)blockIdx.z * M * N;
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty + 16 * i;
+        for (int j = 0; j < 4; ++j) {
+            const int n = n0 + tx + 16 * j;
+            if (m < M && n < N) C[(long long)m * N + n] = acc[i][j];
+        }
+    }
+}
+
+// C[i] = Σ_{s < splits} P[s · n + i], in order s = 0, 1, …: the split-K partials of matmul.
+template <typename T>
+__global__ void sum_splits(const T* P, T* C, long long n, int splits) {
+    GRID_STRIDE(i, n) {
+        T sum = P[i];
+        for (int s = 1; s < splits; ++s) sum += P[(long long)s * n + i];
+        C[i] = sum;
+    }
 }
 
 // db[c] = Σ_r delta[r, c]: the bias gradient. One thread per column (coalesced rows).

@@ -64,7 +64,26 @@ def arrays(rng, dtype, *shapes):
 
 # ---------------------------------------------------------------- each kernel vs NumPy
 
-WIDTHS = [(8, 5), (300, 270)]     # own tiled matmul / cuBLAS
+WIDTHS = [(8, 5), (300, 270), (1100, 70)]     # own matmul / own, split K / cuBLAS
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 5, 8), (65, 130, 17), (70, 64, 300),
+                                   (3, 2, 1000)])
+def test_matmul(dtype, gpu, M, N, K, trans_a, trans_b):
+    """Our matmul kernel, every layout, ragged tiles and split K, against a float64 product;
+    every output element is written (the output starts as NaN)."""
+    from backprop.backends.cupy import matmul_splits, own_matmul
+    assert own_matmul(M, N, K, trans_a, gpu.small_width)
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((K, M) if trans_a else (M, K))
+    b = rng.standard_normal((N, K) if trans_b else (K, N))
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    out = gpu.asarray(np.full((M, N), np.nan, dtype))
+    gpu._matmul(gpu.asarray(a, dtype), trans_a, gpu.asarray(b, dtype), trans_b, out)
+    assert np.isfinite(gpu.to_numpy(out)).all(), "an output element was not written"
+    close(out, expected, dtype, f"splits={matmul_splits(M, N, K)[0]}")
 
 
 @pytest.mark.parametrize("n_in,n_out", WIDTHS)
@@ -254,8 +273,9 @@ def test_graphs_change_nothing(dtype, gpu, optimizer, clip, l1, shuffle):
 
 def test_no_graphs_with_dropout_or_wide_layers(gpu):
     rng = np.random.default_rng(8)
-    X, Y = _data(rng, 128, 300, 2)
-    for net in (Network([300, 8, 2], ["relu", "softmax"], "cross_entropy", device="cuda"),
+    wide = gpu.small_width + 1                  # a layer past our own matmul: cuBLAS
+    X, Y = _data(rng, 128, wide, 2)
+    for net in (Network([wide, 8, 2], ["relu", "softmax"], "cross_entropy", device="cuda"),
                 Network([8, 8, 8, 2], ["relu", "relu", "softmax"], "cross_entropy",
                         device="cuda", dropout=0.2)):
         net.fit(X[:, :net.layer_sizes[0]], Y, epochs=1, batch_size=16, learning_rate=0.1)

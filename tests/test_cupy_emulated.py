@@ -42,6 +42,14 @@ def dtype(request):
     return np.dtype(request.param)
 
 
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 5, 8), (65, 130, 17), (70, 64, 300),
+                                   (3, 2, 1000)])
+def test_matmul(emu, dtype, M, N, K, trans_a, trans_b):
+    gpu_tests.test_matmul(dtype, emu, M, N, K, trans_a, trans_b)
+
+
 @pytest.mark.parametrize("n_in,n_out", gpu_tests.WIDTHS)
 @pytest.mark.parametrize("act", ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu",
                                  "softmax"])

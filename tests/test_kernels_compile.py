@@ -19,9 +19,10 @@ import pytest
 
 from backprop.backends import cupy as cupy_backend
 from backprop.backends.base import Backend
-from backprop.backends.cupy import (CTYPES, KERNELS, MAX_BLOCKS, NAME_EXPRESSIONS, SOURCE, TILE,
-                                    CuPyBackend, blocks, kernel_source, matmul_launch,
-                                    own_matmul)
+from backprop.backends.cupy import (CTYPES, KERNELS, MAX_BLOCKS, MM_BK, NAME_EXPRESSIONS,
+                                    SOURCE, SPLIT_BLOCKS, SPLIT_MIN_K, CuPyBackend, blocks,
+                                    kernel_source, matmul_launch, matmul_splits, own_matmul,
+                                    scratch_size, step_products)
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_DIR = ROOT / "kernels"
@@ -114,7 +115,7 @@ def test_name_expressions_cover_every_kernel_for_both_dtypes():
 
 def test_constants_agree_with_the_source():
     source = kernel_source()
-    for name in ("REDUCE_THREADS", "TILE"):
+    for name in ("REDUCE_THREADS", "MM_BM", "MM_BN", "MM_BK", "MM_THREADS"):
         value = int(re.search(rf"#define {name} (\d+)", source).group(1))
         assert value == getattr(cupy_backend, name)
     from backprop.activations import Code
@@ -133,15 +134,48 @@ def test_launch_configuration():
     assert blocks(0) == 1 and blocks(1) == 1 and blocks(256) == 1 and blocks(257) == 2
     assert blocks(10 ** 12) == MAX_BLOCKS
     assert blocks(100, threads=32) == 4
-    grid, block = matmul_launch(M=33, N=10)
-    assert block == (TILE, TILE, 1) and grid == (1, 3, 1)
+    grid, block = matmul_launch(M=33, N=10, K=8)
+    assert block == (16, 16, 1) and grid == (1, 1, 1)
+    grid, _ = matmul_launch(M=130, N=300, K=16)
+    assert grid == (5, 3, 1)
     # forward/delta: widths are (N, K), the batch M is free; weight_grad: widths (M, N)
     assert own_matmul(4096, 64, 32, trans_a=False)
-    assert not own_matmul(32, 300, 64, trans_a=False)
-    assert not own_matmul(32, 64, 784, trans_a=False)
+    assert own_matmul(128, 256, 784, trans_a=False)              # MNIST's first layer
+    assert not own_matmul(32, 2000, 64, trans_a=False)
+    assert not own_matmul(32, 64, 1025, trans_a=False)
     assert own_matmul(64, 32, 100_000, trans_a=True)
     assert not own_matmul(64, 32, 10, trans_a=False, small_width=0)
-    assert not own_matmul(16 * 65536, 8, 8, trans_a=False)      # gridDim.y limit
+    assert not own_matmul(64 * 65536, 8, 8, trans_a=False)      # gridDim.y limit
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 5, 8), (128, 256, 784), (256, 784, 128),
+                                   (2, 3, 100_000), (4096, 4096, 4096), (64, 64, 63),
+                                   (64, 64, 64 * SPLIT_MIN_K + 1)])
+def test_split_k_covers_k_exactly_once(M, N, K):
+    """Chunks of a multiple of MM_BK tile [0, K) with no empty chunk; small outputs split
+    until they have about SPLIT_BLOCKS blocks, keeping >= SPLIT_MIN_K of K per split."""
+    splits, k_chunk = matmul_splits(M, N, K)
+    assert k_chunk % MM_BK == 0 and splits >= 1
+    assert (splits - 1) * k_chunk < K <= splits * k_chunk
+    tiles = -(-M // 64) * -(-N // 64)
+    if splits > 1:
+        assert tiles < SPLIT_BLOCKS and k_chunk >= SPLIT_MIN_K
+        assert splits * tiles < SPLIT_BLOCKS + tiles
+    if tiles >= SPLIT_BLOCKS or K < 2 * SPLIT_MIN_K:
+        assert splits == 1
+    assert matmul_launch(M, N, K)[0][2] == splits
+
+
+def test_step_products_and_their_scratch():
+    products = step_products([784, 256, 128, 10], 128)
+    assert products == [(128, 256, 784, False), (128, 128, 256, False), (128, 10, 128, False),
+                        (256, 784, 128, True), (128, 256, 128, True), (10, 128, 128, True),
+                        (128, 256, 128, False), (128, 128, 10, False)]
+    need = scratch_size(products, small_width=1024)
+    assert need == max(matmul_splits(M, N, K)[0] * M * N for M, N, K, _ in products
+                       if matmul_splits(M, N, K)[0] > 1)
+    assert scratch_size(products, small_width=0) == 0           # all on cuBLAS: no partials
+    assert scratch_size(step_products([4, 3], 2), small_width=1024) == 0
 
 
 def test_cupy_backend_keeps_the_contract():

@@ -1,8 +1,7 @@
 """The CuPy backend: cuBLAS matrix products and fused CUDA kernels from ``kernels/``.
 
 Parameters, optimizer state and workspaces live on one GPU. Each kernel of the contract is a
-matrix product into a preallocated output (cuBLAS through ``cupy.matmul(..., out=)``, or for
-small widths our own tiled ``matmul`` kernel) followed by one fused kernel from
+matrix product into a preallocated output followed by one fused kernel from
 ``kernels/backprop.cu``: bias + activation, δ ⊙ σ'(a) (softmax: the Jacobian product), the
 output delta, the loss (added into ``total[0]`` on the device), the bias column sums, the
 clipping factor, the optimizer update (one kernel switching on ``rule.kind``), dropout. The
@@ -10,14 +9,18 @@ templates are compiled once per process with NVRTC, for float and double, on fir
 
 Nothing in a training step waits for the device; the loss is read once per epoch.
 
-CUDA graphs: when every width is at most ``small_width`` (256; env ``BACKPROP_CUDA_SMALL_WIDTH``)
-all matrix products are our own kernels, which, unlike cuBLAS in CuPy, can be captured.
-:meth:`CuPyBackend.train_epoch` then captures one training step for the batch shape and
-replays it once per batch: rows are gathered inside the graph from a device copy of the
-epoch's order at ``step[0] · B``, and the learning rate and Adam's bias corrections are read
-from a device table ``schedule[step[0]]`` filled once per epoch, so one capture serves every
-step and epoch. The same kernels run without graphs, so results are identical either way.
-Graphs are off with ``BACKPROP_CUDA_GRAPHS=0`` and not used with dropout.
+Matrix products: one whose layer widths are at most ``small_width`` (1024; env
+``BACKPROP_CUDA_SMALL_WIDTH``) runs on our own ``matmul`` kernel (64 × 64 register-blocked
+tiles, K split across blocks when the output alone would not fill the GPU, the partials
+summed in a fixed order); a wider one on cuBLAS (``cupy.matmul(..., out=)``).
+
+CUDA graphs: CuPy refuses cuBLAS calls during stream capture, so graphs need every product of
+the step on our own kernel. :meth:`CuPyBackend.train_epoch` then captures one training step
+for the batch shape and replays it once per batch: rows are gathered inside the graph from a
+device copy of the epoch's order at ``step[0] · B``, and the learning rate and Adam's bias
+corrections are read from a device table ``schedule[step[0]]`` filled once per epoch, so one
+capture serves every step and epoch. The same kernels run without graphs, so results are
+identical either way. Graphs are off with ``BACKPROP_CUDA_GRAPHS=0`` and not used with dropout.
 
 TF32: off by default, so float32 results match the CPU. ``CUPY_TF32=1`` (CuPy's own variable,
 read when CuPy is imported) or ``CuPyBackend(device, tf32=True)`` lets cuBLAS use TF32 tensor
@@ -42,8 +45,8 @@ from .base import Array, Backend
 
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
-           "output_delta", "matmul", "column_sum", "loss", "grad_norm_scale", "update",
-           "dropout", "multiply", "take_rows")
+           "output_delta", "matmul", "sum_splits", "column_sum", "loss", "grad_norm_scale",
+           "update", "dropout", "multiply", "take_rows")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: every name expression the backend asks NVRTC for (also what the compile check instantiates)
@@ -55,10 +58,14 @@ SOURCE = "backprop.cu"
 
 THREADS = 256           # threads per block of the grid-stride kernels
 REDUCE_THREADS = 256    # the one block of the reductions (REDUCE_THREADS in backprop.cu)
-TILE = 16               # matmul tile (TILE in backprop.cu)
+MM_BM = MM_BN = 64      # matmul: the C tile of one block (MM_BM, MM_BN in backprop.cu)
+MM_BK = 16              # matmul: k per shared-memory slab (MM_BK)
+MM_THREADS = 256        # matmul: threads per block, 16 × 16 (MM_THREADS)
+SPLIT_BLOCKS = 256      # split K until a product has about this many blocks (~2 per SM)...
+SPLIT_MIN_K = 64        # ...while each split keeps at least this much of K
 MAX_BLOCKS = 65535      # grid-stride kernels need no more blocks than this
-MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y (matmul rows / TILE)
-SMALL_WIDTH = 256       # widths up to this use our own (capturable) matmul
+MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y (matmul rows / MM_BM)
+SMALL_WIDTH = 1024      # widths up to this use our own (capturable) matmul
 
 
 # ---------------------------------------------------------------------- CuPy-free helpers
@@ -78,22 +85,65 @@ def kernel_source(name: str = SOURCE) -> str:
 def blocks(n: int, threads: int = THREADS) -> int:
     """Blocks of a grid-stride launch over n items: ⌈n / threads⌉, at least 1, at most
     MAX_BLOCKS (the loop covers the rest)."""
-    return max(1, min(-(-int(n) // threads), MAX_BLOCKS))
+    return max(1, min(_cdiv(int(n), threads), MAX_BLOCKS))
 
 
-def matmul_launch(M: int, N: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(grid, block) of the tiled matmul kernel for an (M, N) output."""
-    return (-(-N // TILE), -(-M // TILE), 1), (TILE, TILE, 1)
+def matmul_splits(M: int, N: int, K: int) -> tuple[int, int]:
+    """(splits, k_chunk) of the split-K matmul for ``C (M, N) = op(A) @ op(B)``, inner size K.
+
+    A product with fewer than SPLIT_BLOCKS tiles of C (a small batch or a thin layer over a
+    long K, like 784 inputs) would leave most of the GPU idle, so K is cut into ``splits``
+    chunks of ``k_chunk`` (a multiple of MM_BK, at least SPLIT_MIN_K unless K is shorter)
+    computed by separate blocks and summed in order. A function of the shape alone: the same
+    product splits, and rounds, the same way on every GPU.
+    """
+    tiles = _cdiv(M, MM_BM) * _cdiv(N, MM_BN)
+    splits = max(1, min(_cdiv(SPLIT_BLOCKS, tiles), K // SPLIT_MIN_K))
+    k_chunk = _cdiv(_cdiv(K, splits), MM_BK) * MM_BK
+    return _cdiv(K, k_chunk), k_chunk
+
+
+def matmul_launch(M: int, N: int, K: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(grid, block) of the matmul kernel for an (M, N) output with inner size K."""
+    splits, _ = matmul_splits(M, N, K)
+    return (_cdiv(N, MM_BN), _cdiv(M, MM_BM), splits), (16, 16, 1)
 
 
 def own_matmul(M: int, N: int, K: int, trans_a: bool, small_width: int = SMALL_WIDTH) -> bool:
-    """True when ``C (M, N) = op(A) @ op(B)`` (inner size K) runs on our tiled kernel.
+    """True when ``C (M, N) = op(A) @ op(B)`` (inner size K) runs on our matmul kernel.
 
     The layer widths are (N, K), or (M, N) for the weight gradient (``trans_a``: δᵀ A_prev);
-    the other size is the batch. Small widths only: past ~256 cuBLAS is much faster.
+    the other size is the batch. Widths up to ``small_width`` only: past them cuBLAS is
+    faster by more than the launch overhead that CUDA graphs save.
     """
     widths = (M, N) if trans_a else (N, K)
-    return max(widths) <= small_width and -(-M // TILE) <= MAX_GRID_Y
+    return max(widths) <= small_width and _cdiv(M, MM_BM) <= MAX_GRID_Y
+
+
+def step_products(layer_sizes: Sequence[int], batch: int) -> list[tuple[int, int, int, bool]]:
+    """``(M, N, K, trans_a)`` of every matrix product of one training step (network.py):
+    forward ``Z = A_prev Wᵀ`` and ``dW = δᵀ A_prev`` per layer, ``δ_next W_next`` per hidden
+    layer."""
+    pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
+    return ([(batch, n_out, n_in, False) for n_in, n_out in pairs]
+            + [(n_out, n_in, batch, True) for n_in, n_out in pairs]
+            + [(batch, n_in, n_out, False) for n_in, n_out in pairs[1:]])
+
+
+def scratch_size(products: Sequence[tuple[int, int, int, bool]], small_width: int) -> int:
+    """Elements of split-K partials (splits · M · N) the largest of these products needs on
+    our matmul kernel; 0 when none of them splits."""
+    need = 0
+    for M, N, K, trans_a in products:
+        splits, _ = matmul_splits(M, N, K)
+        if splits > 1 and own_matmul(M, N, K, trans_a, small_width):
+            need = max(need, splits * M * N)
+    return need
+
+
+def _cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for positive integers."""
+    return -(-a // b)
 
 
 def _env_flag(name: str) -> bool:
@@ -138,6 +188,7 @@ class CuPyBackend(Backend):
         self._functions: dict[tuple[str, str], Any] = {}
         self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
         self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
+        self._scratch: dict[str, Array] = {}              # dtype name -> split-K partials
         self.seed(None)
 
     # ------------------------------------------------------------------ compiling, launching
@@ -175,16 +226,38 @@ class CuPyBackend(Backend):
         M, N = out.shape
         K = a.shape[0] if trans_a else a.shape[1]
         if own_matmul(M, N, K, trans_a, self.small_width):
-            grid, block = matmul_launch(M, N)
+            splits, k_chunk = matmul_splits(M, N, K)
+            target = out if splits == 1 else self._scratch_for(splits * M * N, out.dtype)
+            grid, block = matmul_launch(M, N, K)
             self._launch("matmul", out.dtype, grid, block,
-                         (a, b, out, np.int32(M), np.int32(N), np.int32(K),
-                          np.int32(trans_a), np.int32(trans_b)))
+                         (a, b, target, np.int32(M), np.int32(N), np.int32(K),
+                          np.int32(trans_a), np.int32(trans_b), np.int32(k_chunk)))
+            if splits > 1:
+                self._launch("sum_splits", out.dtype, (blocks(M * N),), (THREADS,),
+                             (target, out, np.int64(M * N), np.int32(splits)))
             return
         with self._device:
             if self.tf32 and out.dtype == np.float32:
                 self._cublas_tf32(a.T if trans_a else a, b.T if trans_b else b, out)
             else:
                 self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
+
+    def _scratch_for(self, size: int, dtype: Any) -> Array:
+        """The split-K partials buffer of ``dtype``, grown to at least ``size`` elements.
+
+        One buffer per dtype serves every product: they run in order on one stream. It grows
+        only outside a capture (:meth:`_graph_plan` reserves it first), so a graph's nodes
+        never point at a buffer that was replaced; a replaced buffer stays alive in the plans
+        that captured it.
+        """
+        key = np.dtype(dtype).name
+        scratch = self._scratch.get(key)
+        if scratch is None or scratch.size < size:
+            if self._capture is not None:
+                raise RuntimeError(f"split-K scratch of {size} elements was not reserved "
+                                   "before the capture")
+            scratch = self._scratch[key] = self.empty((size,), dtype)
+        return scratch
 
     def _cublas_tf32(self, a: Array, b: Array, out: Array) -> None:
         from cupy_backends.cuda.libs import cublas
@@ -393,8 +466,8 @@ class CuPyBackend(Backend):
         ws = network.workspace(batch_size)
         if not (self.graphs and steps >= 2 and total is ws.total
                 and not any(network.dropout)
-                and max(network.layer_sizes) <= self.small_width
-                and -(-batch_size // TILE) <= MAX_GRID_Y
+                and all(own_matmul(*product, self.small_width)
+                        for product in step_products(network.layer_sizes, batch_size))
                 and self.is_native(X) and self.is_native(Y)
                 and X.flags.c_contiguous and Y.flags.c_contiguous
                 and (order is None or (self.is_native(order) and order.dtype == np.int64))
@@ -439,7 +512,9 @@ class CuPyBackend(Backend):
                     clip_norm: float | None, steps: int) -> "_GraphPlan | None":
         """The captured step for this configuration (captured once, kept per network)."""
         grads = network.gradients()                # allocate before capturing
-        arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta,
+        need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
+        scratch = [self._scratch_for(need, network.dtype)] if need else []
+        arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta, *scratch,
                   *network.parameters(), *(g for pair in grads for g in pair),
                   *(s for st in optimizer.state for s in st)]
         key = (tuple(a.data.ptr for a in arrays), tuple(tuple(a.shape) for a in arrays),

@@ -54,42 +54,42 @@ void launch(void (*kernel)(Args...), bool barrier, const unsigned* grid, const u
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {block[0], block[1], block[2]};
     const unsigned threads = block[0] * block[1] * block[2];
-    for (unsigned by = 0; by < grid[1]; ++by)
-        for (unsigned bx = 0; bx < grid[0]; ++bx) {
-            blockIdx = {bx, by, 0};
-            auto set_thread = [&](unsigned t) {
-                threadIdx = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
-            };
-            if (!barrier) {
-                for (unsigned t = 0; t < threads; ++t) {
-                    set_thread(t);
-                    call(kernel, args, std::index_sequence_for<Args...>{});
-                }
-                continue;
-            }
-            fiber_body = [&](unsigned) { call(kernel, args, std::index_sequence_for<Args...>{}); };
-            fibers.assign(threads, ucontext_t{});
-            done.assign(threads, 0);
-            stacks.resize(threads);
+    for (unsigned block_index = 0; block_index < grid[0] * grid[1] * grid[2]; ++block_index) {
+        blockIdx = {block_index % grid[0], (block_index / grid[0]) % grid[1],
+                    block_index / (grid[0] * grid[1])};
+        auto set_thread = [&](unsigned t) {
+            threadIdx = {t % block[0], (t / block[0]) % block[1], t / (block[0] * block[1])};
+        };
+        if (!barrier) {
             for (unsigned t = 0; t < threads; ++t) {
-                stacks[t].resize(1 << 16);
-                getcontext(&fibers[t]);
-                fibers[t].uc_stack.ss_sp = stacks[t].data();
-                fibers[t].uc_stack.ss_size = stacks[t].size();
-                fibers[t].uc_link = &scheduler;
-                makecontext(&fibers[t], (void (*)())fiber_entry, 1, (int)t);
+                set_thread(t);
+                call(kernel, args, std::index_sequence_for<Args...>{});
             }
-            for (bool running = true; running;) {      // round robin until all have returned
-                running = false;
-                for (unsigned t = 0; t < threads; ++t) {
-                    if (done[t]) continue;
-                    current = t;
-                    set_thread(t);
-                    swapcontext(&scheduler, &fibers[t]);
-                    running = running || !done[t];
-                }
+            continue;
+        }
+        fiber_body = [&](unsigned) { call(kernel, args, std::index_sequence_for<Args...>{}); };
+        fibers.assign(threads, ucontext_t{});
+        done.assign(threads, 0);
+        stacks.resize(threads);
+        for (unsigned t = 0; t < threads; ++t) {
+            stacks[t].resize(1 << 16);
+            getcontext(&fibers[t]);
+            fibers[t].uc_stack.ss_sp = stacks[t].data();
+            fibers[t].uc_stack.ss_size = stacks[t].size();
+            fibers[t].uc_link = &scheduler;
+            makecontext(&fibers[t], (void (*)())fiber_entry, 1, (int)t);
+        }
+        for (bool running = true; running;) {      // round robin until all have returned
+            running = false;
+            for (unsigned t = 0; t < threads; ++t) {
+                if (done[t]) continue;
+                current = t;
+                set_thread(t);
+                swapcontext(&scheduler, &fibers[t]);
+                running = running || !done[t];
             }
         }
+    }
 }
 
 #include "instances.inc"   // generated: LAUNCHERS, one entry per name expression

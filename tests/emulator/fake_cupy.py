@@ -184,8 +184,12 @@ class RawKernel:
 
     def __call__(self, grid, block, args, **kwargs):
         values = [_arg(a) for a in args]
-        launch = (self.name, tuple(grid) + (1,) * (3 - len(grid)),
-                  tuple(block) + (1,) * (3 - len(block)), values)
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        block = tuple(block) + (1,) * (3 - len(block))
+        if not (0 < grid[0] < 2 ** 31 and 0 < grid[1] <= 65535 and 0 < grid[2] <= 65535
+                and 0 < block[0] * block[1] * block[2] <= 1024 and block[2] <= 64):
+            raise ValueError(f"{self.name}: grid {grid} / block {block} exceed CUDA's limits")
+        launch = (self.name, grid, block, values)
         if _state.capturing is not None:
             _state.capturing.append(launch)          # a graph node: arguments by value
         else:
