@@ -322,11 +322,28 @@ __global__ void update(T* param, const T* grad, T* s0, T* s1, long long n, int k
 
 // ---------------------------------------------------------------- plumbing
 
-// Inverted dropout: mask holds uniform u on entry; mask = (u >= rate) · scale, out = A ⊙ mask.
+// splitmix64's output function (Steele, Lea & Flood 2014): a bijective 64-bit mix.
+__device__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+#define GOLDEN_GAMMA 0x9e3779b97f4a7c15ULL
+
+// Inverted dropout with a counter-based draw, so a CUDA graph replays fresh masks and nothing
+// is allocated: rng = [key, d] (d: draws so far, advanced by an increment launch after each
+// call). Draw d uses the stream s = mix64(key + d γ); element i gets u = mix64(s + (i + 1) γ)
+// scaled to [0, 1) (24 bits for float, 53 for double): mask = (u >= rate) · scale, out = A ⊙ mask.
 template <typename T>
-__global__ void dropout(const T* A, T* mask, T* out, long long n, T rate, T scale) {
+__global__ void dropout(const T* A, T* mask, T* out, long long n, T rate, T scale,
+                        const unsigned long long* rng) {
+    const unsigned long long stream = mix64(rng[0] + rng[1] * GOLDEN_GAMMA);
     GRID_STRIDE(i, n) {
-        T m = mask[i] >= rate ? scale : T(0);
+        const unsigned long long h = mix64(stream + (unsigned long long)(i + 1) * GOLDEN_GAMMA);
+        const T u = sizeof(T) == 4 ? T((double)(h >> 40) * (1.0 / 16777216.0))
+                                   : T((double)(h >> 11) * (1.0 / 9007199254740992.0));
+        const T m = u >= rate ? scale : T(0);
         mask[i] = m;
         out[i] = A[i] * m;
     }
@@ -351,7 +368,8 @@ __global__ void take_rows(const T* X, const long long* index, const int* step, T
     }
 }
 
-// counter[0] += 1: the step number a CUDA graph replay reads (schedule, batch rows).
+// counter[0] += 1: the step number a CUDA graph replay reads (schedule, batch rows), or the
+// draw number of dropout.
 template <typename T>
 __global__ void increment(T* counter) {
     if (blockIdx.x == 0 && threadIdx.x == 0) counter[0] += T(1);

@@ -88,17 +88,15 @@ def test_fit_equals_numpy(emu, sizes, optimizer, clip):
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
-@pytest.mark.parametrize("optimizer,clip,l1", [("sgd", None, 0.0), ("sgd", 0.5, 1e-4),
-                                               ("adamw", None, 0.0), ("rmsprop", 2.0, 0.0),
-                                               ("momentum", None, 1e-4)])
-def test_graphs_change_nothing(emu, dtype, optimizer, clip, l1, shuffle):
+@pytest.mark.parametrize("optimizer,clip,l1,dropout", gpu_tests.GRAPH_CASES)
+def test_graphs_change_nothing(emu, dtype, optimizer, clip, l1, dropout, shuffle):
     launches = fake_cupy._state.launches
-    gpu_tests.test_graphs_change_nothing(dtype, emu, optimizer, clip, l1, shuffle)
+    gpu_tests.test_graphs_change_nothing(dtype, emu, optimizer, clip, l1, dropout, shuffle)
     assert fake_cupy._state.launches > launches
 
 
-def test_no_graphs_with_dropout_or_wide_layers(emu):
-    gpu_tests.test_no_graphs_with_dropout_or_wide_layers(emu)
+def test_no_graphs_with_wide_layers(emu):
+    gpu_tests.test_no_graphs_with_wide_layers(emu)
 
 
 def test_to_cpu_and_back_keeps_optimizer_state(emu):

@@ -20,7 +20,8 @@ for the batch shape and replays it once per batch: rows are gathered inside the 
 device copy of the epoch's order at ``step[0] · B``, and the learning rate and Adam's bias
 corrections are read from a device table ``schedule[step[0]]`` filled once per epoch, so one
 capture serves every step and epoch. The same kernels run without graphs, so results are
-identical either way. Graphs are off with ``BACKPROP_CUDA_GRAPHS=0`` and not used with dropout.
+identical either way (dropout too: its masks are drawn in the kernel from a counter kept on
+the device). Graphs are off with ``BACKPROP_CUDA_GRAPHS=0``.
 
 TF32: off by default, so float32 results match the CPU. ``CUPY_TF32=1`` (CuPy's own variable,
 read when CuPy is imported) or ``CuPyBackend(device, tf32=True)`` lets cuBLAS use TF32 tensor
@@ -49,9 +50,11 @@ KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_ba
            "update", "dropout", "multiply", "take_rows")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
+#: the counter kernel's C types: the graph's step number, dropout's draw number
+COUNTER_CTYPES = {"int32": "int", "uint64": "unsigned long long"}
 #: every name expression the backend asks NVRTC for (also what the compile check instantiates)
-NAME_EXPRESSIONS = tuple(f"{k}<{c}>" for c in CTYPES.values() for k in KERNELS) + (
-    "increment<int>",)
+NAME_EXPRESSIONS = tuple(f"{k}<{c}>" for c in CTYPES.values() for k in KERNELS) + tuple(
+    f"increment<{c}>" for c in COUNTER_CTYPES.values())
 #: NVRTC options; no fast math, so float32 results match the CPU backends
 COMPILE_OPTIONS = ("-std=c++17",)
 SOURCE = "backprop.cu"
@@ -189,6 +192,8 @@ class CuPyBackend(Backend):
         self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
         self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
         self._scratch: dict[str, Array] = {}              # dtype name -> split-K partials
+        self._rng_state = self.zeros((2,), np.uint64)     # dropout: [key, draws so far]
+        self._draws = self._rng_state[1:]
         self.seed(None)
 
     # ------------------------------------------------------------------ compiling, launching
@@ -203,7 +208,7 @@ class CuPyBackend(Backend):
                     self._module = self.xp.RawModule(code=kernel_source(),
                                                      options=COMPILE_OPTIONS,
                                                      name_expressions=NAME_EXPRESSIONS)
-            ctype = "int" if name == "increment" else CTYPES[key[1]]
+            ctype = (COUNTER_CTYPES if name == "increment" else CTYPES)[key[1]]
             with self._device:
                 fn = self._functions[key] = self._module.get_function(f"{name}<{ctype}>")
         return fn
@@ -317,8 +322,11 @@ class CuPyBackend(Backend):
         self._device.synchronize()
 
     def seed(self, seed: int | None) -> None:
+        """Dropout's draws restart from a key drawn with ``numpy.random.default_rng(seed)``.
+        The state ``[key, draws]`` lives on the device, so captured graphs read the new one."""
+        key = np.random.default_rng(seed).integers(0, 2 ** 64, dtype=np.uint64)
         with self._device:
-            self._rng = self.xp.random.default_rng(seed)
+            self._rng_state.set(np.array([key, 0], np.uint64))
 
     def take_rows(self, X: Array, index: Array, out: Array) -> None:
         rows, cols = out.shape
@@ -442,10 +450,10 @@ class CuPyBackend(Backend):
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
         T = _scalar(A.dtype)
         self._check(A.dtype, (A, A.shape), (mask, A.shape), (out, A.shape))
-        with self._device:   # size is needed: CuPy draws `size` values, then copies into out
-            self._rng.random(size=mask.shape, dtype=mask.dtype, out=mask)
         self._launch("dropout", A.dtype, (blocks(A.size),), (THREADS,),
-                     (A, mask, out, np.int64(A.size), T(rate), T(1.0 / (1.0 - rate))))
+                     (A, mask, out, np.int64(A.size), T(rate), T(1.0 / (1.0 - rate)),
+                      self._rng_state))
+        self._launch("increment", np.uint64, (1,), (1,), (self._draws,))
 
     def multiply(self, x: Array, y: Array) -> None:
         self._check(x.dtype, (x, x.shape), (y, x.shape))
@@ -459,13 +467,12 @@ class CuPyBackend(Backend):
                     l2: float, clip_norm: float | None, total: Array) -> bool:
         """The epoch's full batches as replays of one captured step (see the module
         docstring), then the partial batch eagerly. False (nothing done) where graphs do not
-        apply: graphs off, dropout, a width above ``small_width``, fewer than two batches,
-        or a failed capture."""
+        apply: graphs off, a product on cuBLAS (a width above ``small_width``), fewer than
+        two batches, or a failed capture."""
         n = X.shape[0]
         steps = n // batch_size
         ws = network.workspace(batch_size)
         if not (self.graphs and steps >= 2 and total is ws.total
-                and not any(network.dropout)
                 and all(own_matmul(*product, self.small_width)
                         for product in step_products(network.layer_sizes, batch_size))
                 and self.is_native(X) and self.is_native(Y)
@@ -515,6 +522,7 @@ class CuPyBackend(Backend):
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
         scratch = [self._scratch_for(need, network.dtype)] if need else []
         arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta, *scratch,
+                  *(m for m in ws.mask + ws.dropped if m is not None), self._rng_state,
                   *network.parameters(), *(g for pair in grads for g in pair),
                   *(s for st in optimizer.state for s in st)]
         key = (tuple(a.data.ptr for a in arrays), tuple(tuple(a.shape) for a in arrays),
@@ -543,7 +551,8 @@ class CuPyBackend(Backend):
         dtype = network.dtype
         for name in KERNELS:                       # compile and load before capturing
             getattr(self._kernel(name, dtype), "attributes", None)
-        getattr(self._kernel("increment", np.int32), "attributes", None)
+        for counter in COUNTER_CTYPES:
+            getattr(self._kernel("increment", counter), "attributes", None)
         with self._device:
             plan = _GraphPlan(key, arrays, stream=cp.cuda.Stream(non_blocking=True),
                               schedule=cp.zeros((steps, 3), dtype),
