@@ -7,9 +7,10 @@
 //
 // Layout: row-major (C-contiguous) arrays; a batch has `rows` samples of `cols` units.
 // The integer codes are those of backprop/activations.py (Code), backprop/losses.py and
-// backprop/optimizers.py. Elementwise kernels use grid-stride loops; the reductions (loss,
-// gradient norm) run in one block of REDUCE_THREADS threads so their order is fixed and the
-// results are deterministic (identical with and without CUDA graphs).
+// backprop/optimizers.py. Elementwise kernels use grid-stride loops. Every reduction sums in
+// an order fixed by the shapes alone (the loss in one block of REDUCE_THREADS threads, the
+// gradient norm over per-block partials, split-K partials in split order), so results are
+// deterministic: identical with and without CUDA graphs.
 
 enum { IDENTITY = 0, SIGMOID = 1, TANH = 2, RELU = 3, LEAKY_RELU = 4, ELU = 5, SOFTMAX = 6 };
 enum { MSE = 0, BINARY_CROSS_ENTROPY = 1, CROSS_ENTROPY = 2 };
@@ -248,24 +249,29 @@ __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long lo
     if (threadIdx.x == 0) total[0] += (T)s;
 }
 
-// Gradient clipping, one launch per gradient array x of the step (first … last):
-// out[0] accumulates Σ x²; the last launch replaces it by min(1, max_norm / ‖g‖).
+// Gradient clipping, step 1, one launch per gradient array x: partial[b] = Σ x² over block b's
+// grid-stride share. The grid (≤ NORM_BLOCKS in cupy.py) depends on n alone: deterministic.
 template <typename T>
-__global__ void grad_norm_scale(const T* x, long long n, T* out, int first, int last,
-                                T max_norm) {
+__global__ void sum_squares(const T* x, long long n, double* partial) {
     double sum = 0.0;
-    for (long long i = threadIdx.x; i < n; i += REDUCE_THREADS) {
+    GRID_STRIDE(i, n) {
         const double v = x[i];
         sum += v * v;
     }
-    double s = block_sum(sum);
+    const double s = block_sum(sum);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// Gradient clipping, step 2, one block: out[0] = min(1, max_norm / ‖g‖) with
+// ‖g‖² = Σ partial[0 … count - 1], summed in a fixed order.
+template <typename T>
+__global__ void clip_factor(const double* partial, long long count, T* out, T max_norm) {
+    double sum = 0.0;
+    for (long long i = threadIdx.x; i < count; i += REDUCE_THREADS) sum += partial[i];
+    const double s = block_sum(sum);
     if (threadIdx.x == 0) {
-        if (!first) s += (double)out[0];
-        if (last) {
-            double norm = sqrt(s);
-            s = norm <= (double)max_norm ? 1.0 : (double)max_norm / norm;
-        }
-        out[0] = (T)s;
+        const double norm = sqrt(s);
+        out[0] = norm <= (double)max_norm ? T(1) : T((double)max_norm / norm);
     }
 }
 

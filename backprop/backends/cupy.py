@@ -46,8 +46,8 @@ from .base import Array, Backend
 
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
-           "output_delta", "matmul", "sum_splits", "column_sum", "loss", "grad_norm_scale",
-           "update", "dropout", "multiply", "take_rows")
+           "output_delta", "matmul", "sum_splits", "column_sum", "loss", "sum_squares",
+           "clip_factor", "update", "dropout", "multiply", "take_rows")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: the counter kernel's C types: the graph's step number, dropout's draw number
@@ -60,7 +60,8 @@ COMPILE_OPTIONS = ("-std=c++17",)
 SOURCE = "backprop.cu"
 
 THREADS = 256           # threads per block of the grid-stride kernels
-REDUCE_THREADS = 256    # the one block of the reductions (REDUCE_THREADS in backprop.cu)
+REDUCE_THREADS = 256    # threads of a reduction block (REDUCE_THREADS in backprop.cu)
+NORM_BLOCKS = 128       # most blocks one gradient array's sum of squares is spread over
 MM_BM = MM_BN = 64      # matmul: the C tile of one block (MM_BM, MM_BN in backprop.cu)
 MM_BK = 16              # matmul: k per shared-memory slab (MM_BK)
 MM_THREADS = 256        # matmul: threads per block, 16 × 16 (MM_THREADS)
@@ -89,6 +90,11 @@ def blocks(n: int, threads: int = THREADS) -> int:
     """Blocks of a grid-stride launch over n items: ⌈n / threads⌉, at least 1, at most
     MAX_BLOCKS (the loop covers the rest)."""
     return max(1, min(_cdiv(int(n), threads), MAX_BLOCKS))
+
+
+def norm_blocks(n: int) -> int:
+    """Blocks (and partial sums) of the clipping norm's ``sum_squares`` over n elements."""
+    return min(NORM_BLOCKS, blocks(n, REDUCE_THREADS))
 
 
 def matmul_splits(M: int, N: int, K: int) -> tuple[int, int]:
@@ -191,7 +197,7 @@ class CuPyBackend(Backend):
         self._functions: dict[tuple[str, str], Any] = {}
         self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
         self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
-        self._scratch: dict[str, Array] = {}              # dtype name -> split-K partials
+        self._scratch: dict[tuple[str, str], Array] = {}  # (use, dtype name) -> buffer
         self._rng_state = self.zeros((2,), np.uint64)     # dropout: [key, draws so far]
         self._draws = self._rng_state[1:]
         self.seed(None)
@@ -232,7 +238,8 @@ class CuPyBackend(Backend):
         K = a.shape[0] if trans_a else a.shape[1]
         if own_matmul(M, N, K, trans_a, self.small_width):
             splits, k_chunk = matmul_splits(M, N, K)
-            target = out if splits == 1 else self._scratch_for(splits * M * N, out.dtype)
+            target = (out if splits == 1
+                      else self._scratch_for("split_k", splits * M * N, out.dtype))
             grid, block = matmul_launch(M, N, K)
             self._launch("matmul", out.dtype, grid, block,
                          (a, b, target, np.int32(M), np.int32(N), np.int32(K),
@@ -247,19 +254,20 @@ class CuPyBackend(Backend):
             else:
                 self.xp.matmul(a.T if trans_a else a, b.T if trans_b else b, out=out)
 
-    def _scratch_for(self, size: int, dtype: Any) -> Array:
-        """The split-K partials buffer of ``dtype``, grown to at least ``size`` elements.
+    def _scratch_for(self, use: str, size: int, dtype: Any) -> Array:
+        """The scratch buffer for ``use`` ("split_k" partials, "norm" partials) and ``dtype``,
+        grown to at least ``size`` elements.
 
-        One buffer per dtype serves every product: they run in order on one stream. It grows
-        only outside a capture (:meth:`_graph_plan` reserves it first), so a graph's nodes
-        never point at a buffer that was replaced; a replaced buffer stays alive in the plans
-        that captured it.
+        One buffer per use and dtype serves every launch: they run in order on one stream. It
+        grows only outside a capture (:meth:`_graph_plan` reserves it first), so a graph's
+        nodes never point at a buffer that was replaced; a replaced buffer stays alive in the
+        plans that captured it.
         """
-        key = np.dtype(dtype).name
+        key = (use, np.dtype(dtype).name)
         scratch = self._scratch.get(key)
         if scratch is None or scratch.size < size:
             if self._capture is not None:
-                raise RuntimeError(f"split-K scratch of {size} elements was not reserved "
+                raise RuntimeError(f"{use} scratch of {size} elements was not reserved "
                                    "before the capture")
             scratch = self._scratch[key] = self.empty((size,), dtype)
         return scratch
@@ -442,10 +450,15 @@ class CuPyBackend(Backend):
             with self._device:
                 out.fill(1)
             return
-        for i, g in enumerate(grads):
-            self._launch("grad_norm_scale", out.dtype, (1,), (REDUCE_THREADS,),
-                         (g, np.int64(g.size), out, np.int32(i == 0),
-                          np.int32(i == len(grads) - 1), T(max_norm)))
+        counts = [norm_blocks(g.size) for g in grads]
+        partials = self._scratch_for("norm", sum(counts), np.float64)
+        offset = 0
+        for g, count in zip(grads, counts):
+            self._launch("sum_squares", out.dtype, (count,), (REDUCE_THREADS,),
+                         (g, np.int64(g.size), partials[offset:offset + count]))
+            offset += count
+        self._launch("clip_factor", out.dtype, (1,), (REDUCE_THREADS,),
+                     (partials, np.int64(offset), out, T(max_norm)))
 
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
         T = _scalar(A.dtype)
@@ -520,7 +533,10 @@ class CuPyBackend(Backend):
         """The captured step for this configuration (captured once, kept per network)."""
         grads = network.gradients()                # allocate before capturing
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
-        scratch = [self._scratch_for(need, network.dtype)] if need else []
+        scratch = [self._scratch_for("split_k", need, network.dtype)] if need else []
+        if clip_norm is not None:
+            scratch.append(self._scratch_for("norm", sum(norm_blocks(g.size) for pair in grads
+                                                         for g in pair), np.float64))
         arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta, *scratch,
                   *(m for m in ws.mask + ws.dropped if m is not None), self._rng_state,
                   *network.parameters(), *(g for pair in grads for g in pair),

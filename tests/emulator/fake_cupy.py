@@ -21,7 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-BARRIER_KERNELS = ("matmul", "loss", "grad_norm_scale")   # kernels with __syncthreads
+BARRIER_KERNELS = ("matmul", "loss", "sum_squares", "clip_factor")   # with __syncthreads
 
 
 def compiler() -> str | None:
