@@ -5,6 +5,11 @@ cuBLAS matrix-product throughput measured in the same run (the peak to compare a
 A training step does 2·B·Σ n_l n_{l-1} (forward) + 2·B·Σ n_l n_{l-1} (weight gradients)
 + 2·B·Σ_{l≥2} n_l n_{l-1} (deltas) FLOPs; inference the forward part.
 
+Variants of backprop: the default (our matmul kernel and CUDA graphs where every width is at
+most ``small_width``), "cuBLAS only" (``small_width = 0``: eager, cuBLAS products) and "no
+graphs". Each product of a step is also timed alone on our kernel and on cuBLAS (GPU time,
+CUDA events): the measurements that set ``SMALL_WIDTH`` and ``SPLIT_BLOCKS`` in cupy.py.
+
     python benchmarks/gpu_vs_torch.py [--out DIR] [--quick]
 
 Writes gpu_vs_torch.json and gpu_vs_torch.md to DIR. Without CuPy or a CUDA device it says
@@ -74,12 +79,15 @@ def data(n: int, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- backprop on CuPy
 
-def bench_backprop(sizes, batch, X, Y, epochs, graphs):
+def bench_backprop(sizes, batch, X, Y, epochs, graphs=True, small_width=None):
     import cupy
     from backprop.backends import get_backend
     from backprop.bench import make_network
     backend = get_backend("cuda", "cupy")
+    saved = backend.graphs, backend.small_width
     backend.graphs = graphs
+    if small_width is not None:
+        backend.small_width = small_width
     try:
         net = make_network(sizes, "cupy")
         Xd, Yd = cupy.asarray(X), cupy.asarray(Y)
@@ -96,9 +104,48 @@ def bench_backprop(sizes, batch, X, Y, epochs, graphs):
             net.forward(Xd, out=out)
             backend.synchronize()
             times.append(time.perf_counter() - start)
-        return train, statistics.median(times), float(hist["loss"][-1])
+        return train, statistics.median(times)
     finally:
-        backend.graphs = True
+        backend.graphs, backend.small_width = saved
+
+
+def bench_products(sizes: list[int], batch: int, repeat: int = 20) -> list[dict]:
+    """GPU time (µs) of each float32 product of a training step on our matmul kernel and on
+    cuBLAS. The timed launches queue behind a long busy kernel, so the events between them
+    measure the GPU's time, not the Python launch overhead."""
+    import cupy
+    from backprop.backends import get_backend
+    from backprop.backends.cupy import matmul_splits, step_products
+    backend = get_backend("cuda", "cupy")
+    saved = backend.small_width
+    busy_a = cupy.ones((4096, 4096), cupy.float32)
+    busy_c = cupy.empty((4096, 4096), cupy.float32)
+    rng = cupy.random.default_rng(0)
+    rows = []
+    try:
+        for M, N, K, trans_a, trans_b in step_products(sizes, batch):
+            a = rng.standard_normal((K, M) if trans_a else (M, K), dtype=cupy.float32)
+            b = rng.standard_normal((N, K) if trans_b else (K, N), dtype=cupy.float32)
+            out = cupy.empty((M, N), cupy.float32)
+            row = {"M": M, "N": N, "K": K, "trans_a": trans_a, "trans_b": trans_b,
+                   "splits": matmul_splits(M, N, K)[0]}
+            for label, width in (("own_us", 1 << 30), ("cublas_us", 0)):
+                backend.small_width = width
+                for _ in range(3):
+                    backend._matmul(a, trans_a, b, trans_b, out)
+                for _ in range(3):                     # ~ms of work ahead of the timed launches
+                    cupy.matmul(busy_a, busy_a, out=busy_c)
+                start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+                start.record()
+                for _ in range(repeat):
+                    backend._matmul(a, trans_a, b, trans_b, out)
+                stop.record()
+                stop.synchronize()
+                row[label] = cupy.cuda.get_elapsed_time(start, stop) * 1e3 / repeat
+            rows.append(row)
+    finally:
+        backend.small_width = saved
+    return rows
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -170,15 +217,24 @@ def cublas_peak(n: int = 4096, repeat: int = 20) -> float:
 
 # ---------------------------------------------------------------- report
 
+#: (label, how) in the order they are measured: the issue's targets first, so a time budget
+#: that runs out drops the comparisons that matter least
+VARIANTS = [("backprop cupy", {}), ("torch eager", "eager"),
+            ("backprop cupy, cuBLAS only", {"small_width": 0}),
+            ("backprop cupy, no graphs", {"graphs": False}), ("torch.compile", "compile")]
+
+
 def run(out: Path, quick: bool, budget: float) -> dict:
     """Measure every case; runs that would start after ``budget`` seconds are skipped, and
-    the results are written after each case (a killed run leaves what it measured)."""
+    the results are written after each run (a killed run leaves what it measured)."""
     import cupy
+    from backprop.backends.cupy import SMALL_WIDTH, SPLIT_BLOCKS, own_matmul, step_products
     deadline = time.perf_counter() + budget
     props = cupy.cuda.runtime.getDeviceProperties(0)
     result = {"device": props["name"].decode() if isinstance(props["name"], bytes)
               else str(props["name"]), "cupy": cupy.__version__,
-              "python": platform.python_version(), "cases": []}
+              "python": platform.python_version(), "small_width": SMALL_WIDTH,
+              "split_blocks": SPLIT_BLOCKS, "cases": []}
     try:
         import torch
         result["torch"] = torch.__version__
@@ -189,48 +245,58 @@ def run(out: Path, quick: bool, budget: float) -> dict:
     print(f"{result['device']}: float32 cuBLAS {result['cublas_fp32_tflops']:.1f} TFLOP/s",
           flush=True)
     epochs = 3 if quick else 4
+    cases = []
     for name, sizes, batch in CASES:
         n = n_samples(batch, sizes, quick)
-        X, Y = data(n, sizes)
-        flops_t, flops_i = train_flops(sizes, batch) * (n / batch), infer_flops(sizes, n)
-        runs = {}
-        small = max(sizes) <= 256
-        for label, fn in [("backprop cupy", lambda: bench_backprop(sizes, batch, X, Y, epochs,
-                                                                   True)[:2]),
-                          ("backprop cupy, no graphs",
-                           (lambda: bench_backprop(sizes, batch, X, Y, epochs, False)[:2])
-                           if small else None),
-                          ("torch eager", (lambda: bench_torch(sizes, batch, X, Y, epochs,
-                                                               False)) if has_torch else None),
-                          ("torch.compile", (lambda: bench_torch(sizes, batch, X, Y, epochs,
-                                                                 True)) if has_torch else None)]:
-            if fn is None:
-                continue
+        products = step_products(sizes, batch)
+        case = {"name": name, "sizes": sizes, "batch": batch, "samples": n, "runs": {},
+                "products": bench_products(sizes, batch)}
+        result["cases"].append(case)
+        cases.append((case, data(n, sizes),
+                      [own_matmul(M, N, K, ta, SMALL_WIDTH) for M, N, K, ta, _ in products]))
+    write(out, result)
+    for label, how in VARIANTS:
+        for case, (X, Y), own in cases:
+            sizes, batch, n = case["sizes"], case["batch"], case["samples"]
+            if isinstance(how, str):
+                if not has_torch:
+                    continue
+                fn = lambda: bench_torch(sizes, batch, X, Y, epochs, how == "compile")  # noqa: E731
+            else:
+                if "small_width" in how and not any(own):      # nothing on our kernel anyway
+                    continue
+                if how.get("graphs") is False and not all(own):  # no graphs by default either
+                    continue
+                fn = lambda: bench_backprop(sizes, batch, X, Y, epochs, **how)  # noqa: E731
             if time.perf_counter() > deadline:
-                runs[label] = {"error": f"skipped: past the {budget:.0f} s time budget"}
+                case["runs"][label] = {"error": f"skipped: past the {budget:.0f} s time budget"}
                 continue
             try:
                 train, infer = fn()
-                runs[label] = {"train_samples_per_s": n / train,
-                               "train_tflops": flops_t / train / 1e12,
-                               "infer_samples_per_s": n / infer,
-                               "infer_tflops": flops_i / infer / 1e12}
+                flops_t = train_flops(sizes, batch) * (n / batch)
+                case["runs"][label] = {"train_samples_per_s": n / train,
+                                       "train_tflops": flops_t / train / 1e12,
+                                       "infer_samples_per_s": n / infer,
+                                       "infer_tflops": infer_flops(sizes, n) / infer / 1e12}
             except Exception as e:  # noqa: BLE001 - record and go on (torch.compile may fail)
-                runs[label] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            print(f"{name} b{batch} {label}: {runs[label]}", flush=True)
-        result["cases"].append({"name": name, "sizes": sizes, "batch": batch, "samples": n,
-                                "runs": runs})
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "gpu_vs_torch.json").write_text(json.dumps(result, indent=2))
-        (out / "gpu_vs_torch.md").write_text(markdown(result))
+                case["runs"][label] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            print(f"{case['name']} b{batch} {label}: {case['runs'][label]}", flush=True)
+            write(out, result)
     return result
+
+
+def write(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_vs_torch.json").write_text(json.dumps(result, indent=2))
+    (out / "gpu_vs_torch.md").write_text(markdown(result))
 
 
 def markdown(result: dict) -> str:
     peak = result["cublas_fp32_tflops"]
     lines = [f"# backprop (CuPy) vs PyTorch on {result['device']}", "",
              f"float32 cuBLAS peak measured in this run: {peak:.1f} TFLOP/s (TF32 off). "
-             f"CuPy {result['cupy']}, PyTorch {result.get('torch', 'absent')}.", "",
+             f"CuPy {result['cupy']}, PyTorch {result.get('torch', 'absent')}; "
+             f"SMALL_WIDTH {result['small_width']}, SPLIT_BLOCKS {result['split_blocks']}.", "",
              "| network | batch | implementation | train samples/s | train TFLOP/s (% peak) "
              "| inference samples/s | inference TFLOP/s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -245,6 +311,15 @@ def markdown(result: dict) -> str:
                 f"{r['train_samples_per_s']:,.0f} | {r['train_tflops']:.2f} "
                 f"({100 * r['train_tflops'] / peak:.0f}%) | {r['infer_samples_per_s']:,.0f} | "
                 f"{r['infer_tflops']:.2f} |")
+    lines += ["", "## Each product of a training step: our matmul kernel vs cuBLAS (GPU µs)", "",
+              "| network | C = op(A) @ op(B): M × N × K | layout | splits | own µs | cuBLAS µs "
+              "| own / cuBLAS |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for case in result["cases"]:
+        for r in case["products"]:
+            layout = ("Aᵀ" if r["trans_a"] else "A") + ("Bᵀ" if r["trans_b"] else "B")
+            lines.append(f"| {case['name']} | {r['M']} × {r['N']} × {r['K']} | {layout} | "
+                         f"{r['splits']} | {r['own_us']:.1f} | {r['cublas_us']:.1f} | "
+                         f"{r['own_us'] / r['cublas_us']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -168,11 +168,12 @@ def test_split_k_covers_k_exactly_once(M, N, K):
 
 def test_step_products_and_their_scratch():
     products = step_products([784, 256, 128, 10], 128)
-    assert products == [(128, 256, 784, False), (128, 128, 256, False), (128, 10, 128, False),
-                        (256, 784, 128, True), (128, 256, 128, True), (10, 128, 128, True),
-                        (128, 256, 128, False), (128, 128, 10, False)]
+    assert products == [(128, 256, 784, False, True), (128, 128, 256, False, True),
+                        (128, 10, 128, False, True), (256, 784, 128, True, False),
+                        (128, 256, 128, True, False), (10, 128, 128, True, False),
+                        (128, 256, 128, False, False), (128, 128, 10, False, False)]
     need = scratch_size(products, small_width=1024)
-    assert need == max(matmul_splits(M, N, K)[0] * M * N for M, N, K, _ in products
+    assert need == max(matmul_splits(M, N, K)[0] * M * N for M, N, K, _, _ in products
                        if matmul_splits(M, N, K)[0] > 1)
     assert scratch_size(products, small_width=0) == 0           # all on cuBLAS: no partials
     assert scratch_size(step_products([4, 3], 2), small_width=1024) == 0

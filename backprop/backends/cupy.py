@@ -129,21 +129,24 @@ def own_matmul(M: int, N: int, K: int, trans_a: bool, small_width: int = SMALL_W
     return max(widths) <= small_width and _cdiv(M, MM_BM) <= MAX_GRID_Y
 
 
-def step_products(layer_sizes: Sequence[int], batch: int) -> list[tuple[int, int, int, bool]]:
-    """``(M, N, K, trans_a)`` of every matrix product of one training step (network.py):
-    forward ``Z = A_prev Wᵀ`` and ``dW = δᵀ A_prev`` per layer, ``δ_next W_next`` per hidden
-    layer."""
+Product = tuple[int, int, int, bool, bool]   # (M, N, K, trans_a, trans_b) of op(A) @ op(B)
+
+
+def step_products(layer_sizes: Sequence[int], batch: int) -> list[Product]:
+    """``(M, N, K, trans_a, trans_b)`` of every matrix product of one training step
+    (network.py): forward ``Z = A_prev Wᵀ`` and ``dW = δᵀ A_prev`` per layer,
+    ``δ_next W_next`` per hidden layer."""
     pairs = list(zip(layer_sizes[:-1], layer_sizes[1:]))
-    return ([(batch, n_out, n_in, False) for n_in, n_out in pairs]
-            + [(n_out, n_in, batch, True) for n_in, n_out in pairs]
-            + [(batch, n_in, n_out, False) for n_in, n_out in pairs[1:]])
+    return ([(batch, n_out, n_in, False, True) for n_in, n_out in pairs]
+            + [(n_out, n_in, batch, True, False) for n_in, n_out in pairs]
+            + [(batch, n_in, n_out, False, False) for n_in, n_out in pairs[1:]])
 
 
-def scratch_size(products: Sequence[tuple[int, int, int, bool]], small_width: int) -> int:
+def scratch_size(products: Sequence[Product], small_width: int) -> int:
     """Elements of split-K partials (splits · M · N) the largest of these products needs on
     our matmul kernel; 0 when none of them splits."""
     need = 0
-    for M, N, K, trans_a in products:
+    for M, N, K, trans_a, _ in products:
         splits, _ = matmul_splits(M, N, K)
         if splits > 1 and own_matmul(M, N, K, trans_a, small_width):
             need = max(need, splits * M * N)
@@ -486,8 +489,8 @@ class CuPyBackend(Backend):
         steps = n // batch_size
         ws = network.workspace(batch_size)
         if not (self.graphs and steps >= 2 and total is ws.total
-                and all(own_matmul(*product, self.small_width)
-                        for product in step_products(network.layer_sizes, batch_size))
+                and all(own_matmul(M, N, K, trans_a, self.small_width) for M, N, K, trans_a, _
+                        in step_products(network.layer_sizes, batch_size))
                 and self.is_native(X) and self.is_native(Y)
                 and X.flags.c_contiguous and Y.flags.c_contiguous
                 and (order is None or (self.is_native(order) and order.dtype == np.int64))
