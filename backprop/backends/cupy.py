@@ -123,7 +123,8 @@ def own_matmul(M: int, N: int, K: int, trans_a: bool, small_width: int = SMALL_W
 
     The layer widths are (N, K), or (M, N) for the weight gradient (``trans_a``: δᵀ A_prev);
     the other size is the batch. Widths up to ``small_width`` only: past them cuBLAS is
-    faster by more than the launch overhead that CUDA graphs save.
+    expected to gain more than the launch overhead that CUDA graphs save (an estimate until
+    the per-product table of ``benchmarks/gpu_vs_torch.py`` has been measured on a GPU).
     """
     widths = (M, N) if trans_a else (N, K)
     return max(widths) <= small_width and _cdiv(M, MM_BM) <= MAX_GRID_Y
