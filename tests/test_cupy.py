@@ -67,10 +67,13 @@ def arrays(rng, dtype, *shapes):
 WIDTHS = [(8, 5), (300, 270), (1100, 70)]     # own matmul / own, split K / cuBLAS
 
 
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
-                                             (True, True)])
-@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 5, 8), (65, 130, 17), (70, 64, 300),
-                                   (3, 2, 1000)])
+#: every (trans_a, trans_b) layout, and shapes with ragged tiles and 1 to 13 K splits
+LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
+MATMUL_SHAPES = [(1, 1, 1), (37, 5, 8), (65, 130, 17), (70, 64, 300), (3, 2, 1000)]
+
+
+@pytest.mark.parametrize("trans_a,trans_b", LAYOUTS)
+@pytest.mark.parametrize("M,N,K", MATMUL_SHAPES)
 def test_matmul(dtype, gpu, M, N, K, trans_a, trans_b):
     """Our matmul kernel, every layout, ragged tiles and split K, against a float64 product;
     every output element is written (the output starts as NaN)."""

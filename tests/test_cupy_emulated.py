@@ -42,10 +42,8 @@ def dtype(request):
     return np.dtype(request.param)
 
 
-@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
-                                             (True, True)])
-@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (37, 5, 8), (65, 130, 17), (70, 64, 300),
-                                   (3, 2, 1000)])
+@pytest.mark.parametrize("trans_a,trans_b", gpu_tests.LAYOUTS)
+@pytest.mark.parametrize("M,N,K", gpu_tests.MATMUL_SHAPES)
 def test_matmul(emu, dtype, M, N, K, trans_a, trans_b):
     gpu_tests.test_matmul(dtype, emu, M, N, K, trans_a, trans_b)
 
