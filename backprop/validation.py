@@ -96,6 +96,7 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
             raise ValueError(f"{name}: has {len(Y)} samples but X has {n_samples}")
         if len(Y) == 0:
             raise ValueError(f"{name}: expected at least one sample")
+        Y = backend.asarray(Y)                   # labels on the device before any xp call
         if not backend.all_finite(Y):
             raise ValueError(f"{name}: contains NaN or Inf")
         if np.dtype(Y.dtype).kind == "f" and not bool((Y == xp.floor(Y)).all()):
@@ -105,7 +106,7 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
             raise ValueError(f"{name}: class labels must lie in [0, {n_output - 1}] (the "
                              f"network has {n_output} outputs), got labels in [{low}, {high}]")
         one_hot = backend.zeros((n_samples, n_output), dtype)
-        one_hot[xp.arange(n_samples), backend.asarray(Y, np.int64)] = 1   # indices on the device
+        one_hot[xp.arange(n_samples), Y.astype(np.int64)] = 1
         return one_hot
     if Y.ndim == 1 and n_output == 1:
         Y = Y.reshape(-1, 1)

@@ -5,12 +5,20 @@ cuBLAS matrix-product throughput measured in the same run (the peak to compare a
 A training step does 2·B·Σ n_l n_{l-1} (forward) + 2·B·Σ n_l n_{l-1} (weight gradients)
 + 2·B·Σ_{l≥2} n_l n_{l-1} (deltas) FLOPs; inference the forward part.
 
-Variants of backprop: the default (our matmul kernel and CUDA graphs where every width is at
-most ``small_width``), "cuBLAS only" (``small_width = 0``: eager, cuBLAS products) and "no
-graphs". Each product of a step is also timed alone on our kernel and on cuBLAS (GPU time,
-CUDA events): the measurements that set ``SMALL_WIDTH`` and ``SPLIT_BLOCKS`` in cupy.py.
+Measured in this order, so a budget that runs out drops what matters least:
+1. the targets: backprop's default (our matmul kernel and CUDA graphs where every width is at
+   most ``small_width``, cuBLAS above) and PyTorch eager, on 64-32-10 b32, 784-256-128-10
+   b128 and 4096x3-10 b1024;
+2. each product of a training step alone on our kernel and on cuBLAS (GPU time, CUDA events):
+   the measurements that set ``SMALL_WIDTH`` and ``SPLIT_BLOCKS`` in cupy.py;
+3. the variants: "cuBLAS only" (``small_width = 0``: eager, cuBLAS products), "no graphs",
+   torch.compile, and the 1024x3-10 b256 network.
 
-    python benchmarks/gpu_vs_torch.py [--out DIR] [--quick]
+Every run has a hard deadline (SIGALRM raises in it; ``--run-limit`` seconds, and never past
+``--budget``), and the results are rewritten after each run, so a run that fails, hangs or is
+killed keeps what was measured before it.
+
+    python benchmarks/gpu_vs_torch.py [--out DIR] [--quick] [--budget S] [--run-limit S]
 
 Writes gpu_vs_torch.json and gpu_vs_torch.md to DIR. Without CuPy or a CUDA device it says
 so and exits 0 (nothing to measure).
@@ -19,8 +27,10 @@ so and exits 0 (nothing to measure).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -34,13 +44,14 @@ if str(ROOT) not in sys.path:
 
 from backprop.bench import flops, make_data, one_hot, torch_mlp  # noqa: E402  (shared with the CPU report)
 
-#: (name, layer sizes, batch size): the PERFORMANCE.md anchors plus a large network
-CASES = [
+#: (name, layer sizes, batch size): the targets, measured first (the PERFORMANCE.md anchors
+#: and a network too wide for our kernel), then a network at our kernel's width limit
+TARGETS = [
     ("tiny 64-32-10", [64, 32, 10], 32),
     ("mnist 784-256-128-10", [784, 256, 128, 10], 128),
-    ("wide 1024x3-10", [1024, 1024, 1024, 1024, 10], 256),
-    ("huge 4096x3-10", [4096, 4096, 4096, 4096, 10], 1024),
+    ("wide 4096x3-10", [4096, 4096, 4096, 4096, 10], 1024),
 ]
+EXTRA = [("wide 1024x3-10", [1024, 1024, 1024, 1024, 10], 256)]
 
 
 def train_flops(sizes: list[int], batch: int) -> float:
@@ -80,21 +91,23 @@ def data(n: int, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- backprop on CuPy
 
 def bench_backprop(sizes, batch, X, Y, epochs, graphs=True, small_width=None):
+    """(train seconds per epoch, inference seconds, whether the graph path ran)."""
     import cupy
-    from backprop.backends import get_backend
     from backprop.bench import make_network
-    backend = get_backend("cuda", "cupy")
+    net = make_network(sizes, "cupy")
+    backend = net.backend
     saved = backend.graphs, backend.small_width
     backend.graphs = graphs
     if small_width is not None:
         backend.small_width = small_width
     try:
-        net = make_network(sizes, "cupy")
         Xd, Yd = cupy.asarray(X), cupy.asarray(Y)
         hist = net.fit(Xd, Yd, epochs=epochs, batch_size=batch, learning_rate=1e-3,
                        optimizer="sgd", shuffle=True, seed=0)
         # each epoch's time ends with the one loss read, so it includes all its device work
         train = statistics.median(hist["time"][1:])
+        plan = backend._plans.get(net)
+        used_graphs = plan is not None and plan.graph is not None
         out = cupy.empty((X.shape[0], sizes[-1]), cupy.float32)
         net.forward(Xd, out=out)
         backend.synchronize()
@@ -104,48 +117,44 @@ def bench_backprop(sizes, batch, X, Y, epochs, graphs=True, small_width=None):
             net.forward(Xd, out=out)
             backend.synchronize()
             times.append(time.perf_counter() - start)
-        return train, statistics.median(times)
+        return train, statistics.median(times), used_graphs
     finally:
         backend.graphs, backend.small_width = saved
 
 
-def bench_products(sizes: list[int], batch: int, repeat: int = 20) -> list[dict]:
-    """GPU time (µs) of each float32 product of a training step on our matmul kernel and on
-    cuBLAS. The timed launches queue behind a long busy kernel, so the events between them
-    measure the GPU's time, not the Python launch overhead."""
+def bench_product(backend, M: int, N: int, K: int, trans_a: bool, trans_b: bool,
+                  repeat: int = 20) -> dict:
+    """GPU time (µs) of one float32 product ``op(A) @ op(B)`` of a training step on our matmul
+    kernel and on cuBLAS. The timed launches queue behind a long busy kernel, so the events
+    between them measure the GPU's time, not the Python launch overhead."""
     import cupy
-    from backprop.backends import get_backend
-    from backprop.backends.cupy import matmul_splits, step_products
-    backend = get_backend("cuda", "cupy")
-    saved = backend.small_width
+    from backprop.backends.cupy import matmul_splits
     busy_a = cupy.ones((4096, 4096), cupy.float32)
     busy_c = cupy.empty((4096, 4096), cupy.float32)
     rng = cupy.random.default_rng(0)
-    rows = []
+    a = rng.standard_normal((K, M) if trans_a else (M, K), dtype=cupy.float32)
+    b = rng.standard_normal((N, K) if trans_b else (K, N), dtype=cupy.float32)
+    out = cupy.empty((M, N), cupy.float32)
+    row = {"M": M, "N": N, "K": K, "trans_a": trans_a, "trans_b": trans_b,
+           "splits": matmul_splits(M, N, K)[0]}
+    saved = backend.small_width
     try:
-        for M, N, K, trans_a, trans_b in step_products(sizes, batch):
-            a = rng.standard_normal((K, M) if trans_a else (M, K), dtype=cupy.float32)
-            b = rng.standard_normal((N, K) if trans_b else (K, N), dtype=cupy.float32)
-            out = cupy.empty((M, N), cupy.float32)
-            row = {"M": M, "N": N, "K": K, "trans_a": trans_a, "trans_b": trans_b,
-                   "splits": matmul_splits(M, N, K)[0]}
-            for label, width in (("own_us", 1 << 30), ("cublas_us", 0)):
-                backend.small_width = width
-                for _ in range(3):
-                    backend._matmul(a, trans_a, b, trans_b, out)
-                for _ in range(3):                     # ~ms of work ahead of the timed launches
-                    cupy.matmul(busy_a, busy_a, out=busy_c)
-                start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-                start.record()
-                for _ in range(repeat):
-                    backend._matmul(a, trans_a, b, trans_b, out)
-                stop.record()
-                stop.synchronize()
-                row[label] = cupy.cuda.get_elapsed_time(start, stop) * 1e3 / repeat
-            rows.append(row)
+        for label, width in (("own_us", 1 << 30), ("cublas_us", 0)):
+            backend.small_width = width
+            for _ in range(3):
+                backend._matmul(a, trans_a, b, trans_b, out)
+            for _ in range(3):                     # ~ms of work ahead of the timed launches
+                cupy.matmul(busy_a, busy_a, out=busy_c)
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            for _ in range(repeat):
+                backend._matmul(a, trans_a, b, trans_b, out)
+            stop.record()
+            stop.synchronize()
+            row[label] = cupy.cuda.get_elapsed_time(start, stop) * 1e3 / repeat
     finally:
         backend.small_width = saved
-    return rows
+    return row
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -217,19 +226,58 @@ def cublas_peak(n: int = 4096, repeat: int = 20) -> float:
 
 # ---------------------------------------------------------------- report
 
-#: (label, how) in the order they are measured: the issue's targets first, so a time budget
-#: that runs out drops the comparisons that matter least
-VARIANTS = [("backprop cupy", {}), ("torch eager", "eager"),
-            ("backprop cupy, cuBLAS only", {"small_width": 0}),
+#: (label, how): the variants, measured after the targets and the per-product table
+VARIANTS = [("backprop cupy, cuBLAS only", {"small_width": 0}),
             ("backprop cupy, no graphs", {"graphs": False}), ("torch.compile", "compile")]
 
 
-def run(out: Path, quick: bool, budget: float) -> dict:
-    """Measure every case; runs that would start after ``budget`` seconds are skipped, and
-    the results are written after each run (a killed run leaves what it measured)."""
+class Deadline(Exception):
+    """A run went past its hard deadline."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise :class:`Deadline` in the running code once ``seconds`` have passed (SIGALRM, so
+    the main thread only; a C call returns first)."""
+    def expire(signum, frame):
+        raise Deadline(f"past its {seconds:.0f} s deadline")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Runner:
+    """Runs measurements under one budget and a hard deadline each, recording the outcome
+    (the result, or the error) and rewriting the report after every run."""
+
+    def __init__(self, out: Path, result: dict, budget: float, run_limit: float) -> None:
+        self.out, self.result = out, result
+        self.end = time.perf_counter() + budget
+        self.budget, self.run_limit = budget, run_limit
+
+    def run(self, record: dict, key: str, fn) -> None:
+        left = self.end - time.perf_counter()
+        if left < 1:
+            record[key] = {"error": f"skipped: past the {self.budget:.0f} s budget"}
+        else:
+            try:
+                with deadline(min(self.run_limit, left)):
+                    record[key] = fn()
+            except Exception as e:  # noqa: BLE001 - record and go on (torch.compile may fail)
+                record[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        print(f"{key}: {record[key]}", flush=True)
+        write(self.out, self.result)
+
+
+def run(out: Path, quick: bool, budget: float, run_limit: float) -> dict:
+    """Measure the targets, the per-product table and the variants, in that order."""
     import cupy
+    from backprop.backends import get_backend
     from backprop.backends.cupy import SMALL_WIDTH, SPLIT_BLOCKS, own_matmul, step_products
-    deadline = time.perf_counter() + budget
     props = cupy.cuda.runtime.getDeviceProperties(0)
     result = {"device": props["name"].decode() if isinstance(props["name"], bytes)
               else str(props["name"]), "cupy": cupy.__version__,
@@ -241,47 +289,62 @@ def run(out: Path, quick: bool, budget: float) -> dict:
         has_torch = torch.cuda.is_available()
     except ImportError:
         has_torch = False
-    result["cublas_fp32_tflops"] = cublas_peak()
-    print(f"{result['device']}: float32 cuBLAS {result['cublas_fp32_tflops']:.1f} TFLOP/s",
-          flush=True)
+    runner = Runner(out, result, budget, run_limit)
+    runner.run(result, "cublas_fp32_tflops", cublas_peak)
     epochs = 3 if quick else 4
     cases = []
-    for name, sizes, batch in CASES:
-        n = n_samples(batch, sizes, quick)
-        products = step_products(sizes, batch)
-        case = {"name": name, "sizes": sizes, "batch": batch, "samples": n, "runs": {},
-                "products": bench_products(sizes, batch)}
+    for name, sizes, batch in TARGETS + EXTRA:
+        case = {"name": name, "sizes": sizes, "batch": batch,
+                "samples": n_samples(batch, sizes, quick), "runs": {}, "products": {}}
         result["cases"].append(case)
-        cases.append((case, data(n, sizes),
-                      [own_matmul(M, N, K, ta, SMALL_WIDTH) for M, N, K, ta, _ in products]))
-    write(out, result)
+        cases.append(case)
+    data_of: dict = {}
+
+    def measure(case, how):
+        sizes, batch, n = case["sizes"], case["batch"], case["samples"]
+        if case["name"] not in data_of:
+            data_of.clear()                         # one network's data in memory at a time
+            data_of[case["name"]] = data(n, sizes)
+        X, Y = data_of[case["name"]]
+        if isinstance(how, str):
+            train, infer = bench_torch(sizes, batch, X, Y, epochs, how == "compile")
+            graphs = None
+        else:
+            train, infer, graphs = bench_backprop(sizes, batch, X, Y, epochs, **how)
+        flops_t = train_flops(sizes, batch) * (n / batch)
+        return {"train_samples_per_s": n / train, "train_tflops": flops_t / train / 1e12,
+                "infer_samples_per_s": n / infer,
+                "infer_tflops": infer_flops(sizes, n) / infer / 1e12, "graphs": graphs}
+
+    def own(case):
+        return [own_matmul(M, N, K, ta, SMALL_WIDTH)
+                for M, N, K, ta, _ in step_products(case["sizes"], case["batch"])]
+
+    targets, extra = cases[:len(TARGETS)], cases[len(TARGETS):]
+    for case in targets:                                        # 1. the targets
+        runner.run(case["runs"], "backprop cupy", lambda: measure(case, {}))
+        if has_torch:
+            runner.run(case["runs"], "torch eager", lambda: measure(case, "eager"))
+    backend = get_backend("cuda", "cupy")
+    for case in cases:                                          # 2. the per-product table
+        for product in dict.fromkeys(step_products(case["sizes"], case["batch"])):
+            label = "{} x {} x {} {}{}".format(*product[:3], "Aᵀ" if product[3] else "A",
+                                               "Bᵀ" if product[4] else "B")
+            runner.run(case["products"], label, lambda: bench_product(backend, *product))
+    for case in extra:                                          # 3. the variants
+        runner.run(case["runs"], "backprop cupy", lambda: measure(case, {}))
+        if has_torch:
+            runner.run(case["runs"], "torch eager", lambda: measure(case, "eager"))
     for label, how in VARIANTS:
-        for case, (X, Y), own in cases:
-            sizes, batch, n = case["sizes"], case["batch"], case["samples"]
+        for case in cases:
             if isinstance(how, str):
                 if not has_torch:
                     continue
-                fn = lambda: bench_torch(sizes, batch, X, Y, epochs, how == "compile")  # noqa: E731
-            else:
-                if "small_width" in how and not any(own):      # nothing on our kernel anyway
-                    continue
-                if how.get("graphs") is False and not all(own):  # no graphs by default either
-                    continue
-                fn = lambda: bench_backprop(sizes, batch, X, Y, epochs, **how)  # noqa: E731
-            if time.perf_counter() > deadline:
-                case["runs"][label] = {"error": f"skipped: past the {budget:.0f} s time budget"}
+            elif "small_width" in how and not any(own(case)):  # nothing on our kernel anyway
                 continue
-            try:
-                train, infer = fn()
-                flops_t = train_flops(sizes, batch) * (n / batch)
-                case["runs"][label] = {"train_samples_per_s": n / train,
-                                       "train_tflops": flops_t / train / 1e12,
-                                       "infer_samples_per_s": n / infer,
-                                       "infer_tflops": infer_flops(sizes, n) / infer / 1e12}
-            except Exception as e:  # noqa: BLE001 - record and go on (torch.compile may fail)
-                case["runs"][label] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            print(f"{case['name']} b{batch} {label}: {case['runs'][label]}", flush=True)
-            write(out, result)
+            elif how.get("graphs") is False and not all(own(case)):  # no graphs by default
+                continue
+            runner.run(case["runs"], label, lambda: measure(case, how))
     return result
 
 
@@ -292,30 +355,36 @@ def write(out: Path, result: dict) -> None:
 
 
 def markdown(result: dict) -> str:
-    peak = result["cublas_fp32_tflops"]
+    peak = result.get("cublas_fp32_tflops")
+    peak_ok = isinstance(peak, float)
     lines = [f"# backprop (CuPy) vs PyTorch on {result['device']}", "",
-             f"float32 cuBLAS peak measured in this run: {peak:.1f} TFLOP/s (TF32 off). "
-             f"CuPy {result['cupy']}, PyTorch {result.get('torch', 'absent')}; "
+             (f"float32 cuBLAS peak measured in this run: {peak:.1f} TFLOP/s (TF32 off). "
+              if peak_ok else f"float32 cuBLAS peak: not measured ({peak}). ")
+             + f"CuPy {result['cupy']}, PyTorch {result.get('torch', 'absent')}; "
              f"SMALL_WIDTH {result['small_width']}, SPLIT_BLOCKS {result['split_blocks']}.", "",
              "| network | batch | implementation | train samples/s | train TFLOP/s (% peak) "
-             "| inference samples/s | inference TFLOP/s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| inference samples/s | inference TFLOP/s | graphs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case in result["cases"]:
         for label, r in case["runs"].items():
             if "error" in r:
                 lines.append(f"| {case['name']} | {case['batch']} | {label} | "
-                             f"failed: {r['error'][:80]} | | | |")
+                             f"failed: {r['error'][:80]} | | | | |")
                 continue
+            share = f" ({100 * r['train_tflops'] / peak:.0f}%)" if peak_ok else ""
+            graphs = {None: "", True: "yes", False: "no"}[r.get("graphs")]
             lines.append(
                 f"| {case['name']} | {case['batch']} | {label} | "
-                f"{r['train_samples_per_s']:,.0f} | {r['train_tflops']:.2f} "
-                f"({100 * r['train_tflops'] / peak:.0f}%) | {r['infer_samples_per_s']:,.0f} | "
-                f"{r['infer_tflops']:.2f} |")
+                f"{r['train_samples_per_s']:,.0f} | {r['train_tflops']:.2f}{share} | "
+                f"{r['infer_samples_per_s']:,.0f} | {r['infer_tflops']:.2f} | {graphs} |")
     lines += ["", "## Each product of a training step: our matmul kernel vs cuBLAS (GPU µs)", "",
               "| network | C = op(A) @ op(B): M × N × K | layout | splits | own µs | cuBLAS µs "
               "| own / cuBLAS |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for case in result["cases"]:
-        for r in case["products"]:
+        for label, r in case["products"].items():
+            if "error" in r:
+                lines.append(f"| {case['name']} | {label} | | | failed: {r['error'][:60]} | | |")
+                continue
             layout = ("Aᵀ" if r["trans_a"] else "A") + ("Bᵀ" if r["trans_b"] else "B")
             lines.append(f"| {case['name']} | {r['M']} × {r['N']} × {r['K']} | {layout} | "
                          f"{r['splits']} | {r['own_us']:.1f} | {r['cublas_us']:.1f} | "
@@ -328,13 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--quick", action="store_true", help="fewer batches per epoch")
     parser.add_argument("--budget", type=float, default=600.0,
-                        help="seconds after which no further run starts")
+                        help="seconds for the whole run; no run goes past it")
+    parser.add_argument("--run-limit", type=float, default=30.0,
+                        help="hard deadline of one run in seconds")
     args = parser.parse_args(argv)
     reason = why_no_gpu()
     if reason:
         print(f"gpu_vs_torch: skipped: {reason}")
         return 0
-    run(args.out, args.quick, args.budget)
+    run(args.out, args.quick, args.budget, args.run_limit)
     return 0
 
 

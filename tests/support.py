@@ -6,6 +6,10 @@ imported under the one name ``conftest``.)
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from backprop import Network
@@ -56,3 +60,33 @@ def random_targets(rng: np.random.Generator, loss: str, n: int, n_out: int) -> n
 ACTIVATION_NAMES = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax"]
 PAIRINGS = ([("mse", a) for a in ACTIVATION_NAMES]
             + [("binary_cross_entropy", "sigmoid"), ("cross_entropy", "softmax")])
+
+
+# ---------------------------------------------------------------------- the CUDA emulator
+
+EMULATOR = Path(__file__).resolve().parent / "emulator"
+
+
+def fake_cupy():
+    """tests/emulator/fake_cupy.py, the CPU stand-in for CuPy, loaded once as ``fake_cupy``."""
+    module = sys.modules.get("fake_cupy")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("fake_cupy", EMULATOR / "fake_cupy.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["fake_cupy"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def use_emulator(monkeypatch):
+    """Make ``cupy`` (and ``cupyx``, ``cupy_backends``) the emulator for one test, with fresh
+    backend instances; numba stays as installed. Returns the fake module."""
+    import backprop.backends as backends
+    fake = fake_cupy()
+    for name, module in fake.modules().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(backends, "_instances", {})
+    installed = backends.is_installed
+    monkeypatch.setattr(backends, "is_installed",
+                        lambda name: name == "cupy" or installed(name))
+    return fake

@@ -1,7 +1,10 @@
-"""GPU tests of the CuPy backend: every kernel equals the NumPy backend, CUDA graphs change
+"""Tests of the CuPy backend: every kernel equals the NumPy backend, CUDA graphs change
 nothing, ``to("cpu")``/``to("cuda")`` round trips, DLPack input, TF32 off by default.
 
-Marked ``gpu``; skipped with the reason when CuPy or a CUDA device is absent.
+Marked ``gpu``. They run on a CUDA device when CuPy and one are present, and otherwise on the
+CPU emulator (tests/emulator/: a stand-in for CuPy that refuses what CuPy refuses, running
+kernels/backprop.cu compiled with g++); the few that need real CuPy or PyTorch's CUDA skip
+there with the reason.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import fake_cupy, use_emulator
 
 from backprop import Network
 from backprop.activations import ACTIVATIONS
@@ -36,8 +40,12 @@ def _why_no_gpu() -> str | None:
     return None
 
 
-REASON = _why_no_gpu()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+NO_GPU = _why_no_gpu()
+EMULATED = NO_GPU is not None
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(EMULATED and fake_cupy().compiler() is None,
+                                 reason=f"{NO_GPU}, and the CUDA emulator needs g++")]
+needs_gpu = pytest.mark.skipif(EMULATED, reason=f"needs real CuPy and a GPU: {NO_GPU}")
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -46,7 +54,10 @@ def dtype(request):
 
 
 @pytest.fixture
-def gpu():
+def gpu(monkeypatch):
+    """The cupy backend: on the GPU, or on the emulator when there is none."""
+    if EMULATED:
+        use_emulator(monkeypatch)
     return get_backend("cuda", "cupy")
 
 
@@ -60,6 +71,23 @@ def close(actual, expected, dtype, what=""):
 
 def arrays(rng, dtype, *shapes):
     return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def cublas_calls(monkeypatch, backend) -> list:
+    """A list that grows by one entry per cuBLAS product (``xp.matmul``) the backend makes."""
+    calls = []
+    matmul = backend.xp.matmul
+
+    def counted(a, b, out=None):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return matmul(a, b, out=out)
+    monkeypatch.setattr(backend.xp, "matmul", counted)
+    return calls
+
+
+def on_cublas(backend, *widths) -> bool:
+    """True when a product over these layer widths goes to cuBLAS, not our kernel."""
+    return max(widths) > backend.small_width
 
 
 # ---------------------------------------------------------------- each kernel vs NumPy
@@ -91,7 +119,8 @@ def test_matmul(dtype, gpu, M, N, K, trans_a, trans_b):
 
 @pytest.mark.parametrize("n_in,n_out", WIDTHS)
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
-def test_forward_and_delta(dtype, gpu, act, n_in, n_out):
+def test_forward_and_delta(dtype, gpu, act, n_in, n_out, monkeypatch):
+    calls = cublas_calls(monkeypatch, gpu)
     rng = np.random.default_rng(0)
     cpu, activation = NumPyBackend(), ACTIVATIONS[act]()
     B = 37
@@ -100,6 +129,7 @@ def test_forward_and_delta(dtype, gpu, act, n_in, n_out):
     cpu.forward(A_prev, W, b, activation, Z, A)
     Zg, Ag = gpu.empty((B, n_out), dtype), gpu.empty((B, n_out), dtype)
     gpu.forward(gpu.asarray(A_prev), gpu.asarray(W), gpu.asarray(b), activation, Zg, Ag)
+    assert len(calls) == on_cublas(gpu, n_in, n_out), "the forward product took the wrong path"
     close(Zg, Z, dtype, "Z")
     close(Ag, A, dtype, "A")
     # the hidden-layer error with this layer's activation: δ = (δ_next W_next) ⊙ σ'(A)
@@ -113,13 +143,15 @@ def test_forward_and_delta(dtype, gpu, act, n_in, n_out):
 
 
 @pytest.mark.parametrize("n_in,n", WIDTHS)
-def test_weight_grad(dtype, gpu, n_in, n):
+def test_weight_grad(dtype, gpu, n_in, n, monkeypatch):
+    calls = cublas_calls(monkeypatch, gpu)
     rng = np.random.default_rng(1)
     delta, A_prev = arrays(rng, dtype, (129, n), (129, n_in))
     dW, db = np.empty((n, n_in), dtype), np.empty(n, dtype)
     NumPyBackend().weight_grad(delta, A_prev, dW, db)
     dWg, dbg = gpu.empty((n, n_in), dtype), gpu.empty((n,), dtype)
     gpu.weight_grad(gpu.asarray(delta), gpu.asarray(A_prev), dWg, dbg)
+    assert len(calls) == on_cublas(gpu, n_in, n), "the weight-gradient product took the wrong path"
     close(dWg, dW, dtype, "dW")
     close(dbg, db, dtype, "db")
 
@@ -255,19 +287,40 @@ def _data(rng, n, n_in, n_out):
     return X, Y
 
 
-@pytest.mark.parametrize("sizes", [[6, 16, 4], [784, 64, 10]])
+#: (layer sizes, whether a product runs on cuBLAS): our kernel only (graphs), and one layer
+#: wider than SMALL_WIDTH (its products on cuBLAS, no graphs)
+FIT_SIZES = [([6, 16, 4], False), ([784, 64, 10], False), ([1100, 24, 10], True)]
+
+
+def change_close(after, before, reference_after, rtol, what):
+    """The parameter change of a fit equals the reference's, relative to the change itself (a
+    step moves W by under 1% of its norm, so comparing W alone would hide a wrong update)."""
+    a = np.asarray(after, np.float64) - before
+    e = np.asarray(reference_after, np.float64) - before
+    err, scale = np.linalg.norm(a - e), max(np.linalg.norm(e), 1e-300)
+    assert scale > 0 and err <= rtol * scale, f"{what}: relative error {err / scale:.3g}"
+
+
+@pytest.mark.parametrize("sizes,cublas", FIT_SIZES)
 @pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", 1.0), ("nesterov", None)])
-def test_fit_equals_numpy(sizes, optimizer, clip):
+def test_fit_equals_numpy(dtype, gpu, sizes, cublas, optimizer, clip, monkeypatch):
+    """Whole fits equal the NumPy backend's: losses, and the parameter changes."""
+    calls = cublas_calls(monkeypatch, gpu)
     rng = np.random.default_rng(6)
     X, Y = _data(rng, 203, sizes[0], sizes[-1])
     nets = [Network(sizes, ["tanh", "softmax"], "cross_entropy", device=d, backend=b,
-                    dtype="float64", seed=1) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
+                    dtype=dtype, seed=1) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
+    before = nets[0].get_parameters()
     hist = [net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.05, optimizer=optimizer,
                     clip_norm=clip, l2=1e-3, seed=2) for net in nets]
-    np.testing.assert_allclose(hist[1]["loss"], hist[0]["loss"], rtol=1e-9)
-    for (W0, b0), (W1, b1) in zip(nets[0].get_parameters(), nets[1].get_parameters()):
-        np.testing.assert_allclose(W1, W0, rtol=1e-8, atol=1e-12)
-        np.testing.assert_allclose(b1, b0, rtol=1e-8, atol=1e-12)
+    assert bool(calls) == cublas, "the products did not take the expected path"
+    assert (nets[1] in gpu._plans) == (not cublas), "graphs were not used where they apply"
+    tol = RTOL[np.dtype(dtype)]
+    np.testing.assert_allclose(hist[1]["loss"], hist[0]["loss"], rtol=tol)
+    for l, ((W0, b0), (W1, b1), (Wi, bi)) in enumerate(zip(nets[0].get_parameters(),
+                                                             nets[1].get_parameters(), before)):
+        change_close(W1, Wi, W0, 100 * tol, f"W{l + 1}")
+        change_close(b1, bi, b0, 100 * tol, f"b{l + 1}")
 
 
 GRAPH_CASES = [("sgd", None, 0.0, 0.0), ("sgd", 0.5, 1e-4, 0.0), ("adamw", None, 0.0, 0.0),
@@ -303,17 +356,90 @@ def test_graphs_change_nothing(dtype, gpu, optimizer, clip, l1, dropout, shuffle
         np.testing.assert_array_equal(b1, b0)
 
 
-def test_no_graphs_with_wide_layers(gpu):
-    """A layer past ``small_width`` puts a product on cuBLAS, which CuPy cannot capture."""
+def test_no_graphs_with_wide_layers(gpu, monkeypatch):
+    """A layer past ``small_width`` puts a product on cuBLAS, which CuPy cannot capture: the
+    step runs eagerly, on cuBLAS, and trains as the NumPy backend does."""
+    calls = cublas_calls(monkeypatch, gpu)
     rng = np.random.default_rng(8)
     wide = gpu.small_width + 1
     X, Y = _data(rng, 128, wide, 2)
-    net = Network([wide, 8, 2], ["relu", "softmax"], "cross_entropy", device="cuda")
-    net.fit(X, Y, epochs=1, batch_size=16, learning_rate=0.1)
-    assert net not in gpu._plans
+    nets = [Network([wide, 8, 2], ["relu", "softmax"], "cross_entropy", device=d, backend=b,
+                    dtype="float64", seed=0) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
+    for net in nets:
+        net.fit(X, Y, epochs=1, batch_size=16, learning_rate=0.1, seed=0)
+    assert nets[1] not in gpu._plans
+    assert len(calls) >= 8, "the first layer's products did not run on cuBLAS"
+    for (W0, b0), (W1, b1) in zip(nets[0].get_parameters(), nets[1].get_parameters()):
+        np.testing.assert_allclose(W1, W0, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b1, b0, rtol=1e-9, atol=1e-12)
 
 
-def test_training_step_does_not_synchronize():
+def test_integer_labels_stay_on_the_device(gpu):
+    """Class labels of any integer or integral-float type, a list too, give what one-hot rows
+    give on the NumPy backend, in fit, loss, evaluate and backward (labels used to reach CuPy
+    ufuncs as a host array, which CuPy refuses)."""
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((40, 5))
+    labels = rng.integers(0, 3, 40)
+    ref = Network([5, 6, 3], ["tanh", "softmax"], "cross_entropy", backend="numpy",
+                  dtype="float64", seed=0)
+    one_hot = np.eye(3)[labels]
+    for Y in (labels, labels.astype(np.int32), labels.astype(np.float64), labels.tolist(),
+              gpu.asarray(labels)):
+        net = Network([5, 6, 3], ["tanh", "softmax"], "cross_entropy", device="cuda",
+                      dtype="float64", seed=0)
+        assert net.loss(X, Y) == pytest.approx(ref.loss(X, one_hot), rel=1e-12)
+        assert net.evaluate(X, Y) == pytest.approx(ref.evaluate(X, one_hot), rel=1e-12)
+        for (dW, db), (rW, rb) in zip(net.backward(X, Y), ref.backward(X, one_hot)):
+            close(dW, gpu.to_numpy(rW) if gpu.is_native(rW) else rW, "float64", "dW")
+            close(db, rb, "float64", "db")
+        net.fit(X, Y, epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+    ref.fit(X, one_hot, epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+    for (W0, b0), (W1, b1) in zip(ref.get_parameters(), net.get_parameters()):
+        np.testing.assert_allclose(W1, W0, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(b1, b0, rtol=1e-9, atol=1e-12)
+
+
+def test_failed_capture_disables_graphs_for_that_plan_only(gpu, monkeypatch):
+    """A capture that CUDA refuses warns once, trains that configuration eagerly (the same
+    results), is not retried in the later epochs, and leaves graphs on for other networks; a
+    compile error is not mistaken for a refused capture."""
+    rng = np.random.default_rng(14)
+    X, Y = _data(rng, 96, 6, 3)
+
+    def network():
+        return Network([6, 8, 3], ["tanh", "softmax"], "cross_entropy", device="cuda",
+                       dtype="float64", seed=0)
+    kw = dict(epochs=2, batch_size=16, learning_rate=0.1, seed=1)
+    capture = gpu._capture_step
+    from backprop.optimizers import SGD
+    same = SGD()                                # one configuration: the same optimizer
+    refused = []
+
+    def refuse(*args, **kwargs):
+        refused.append(1)
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
+    monkeypatch.setattr(gpu, "_capture_step", refuse)
+    failing = network()
+    with pytest.warns(RuntimeWarning, match="capture failed") as warned:
+        failing.fit(X, Y, optimizer=same, **kw)               # 2 epochs: 1 capture tried
+    assert refused == [1] and len(warned) == 1 and gpu._plans[failing].graph is None
+    monkeypatch.setattr(gpu, "_capture_step", capture)
+    healthy = network()
+    healthy.fit(X, Y, optimizer=SGD(), **kw)
+    assert gpu.graphs and gpu._plans[healthy].graph is not None
+    for (W0, b0), (W1, b1) in zip(healthy.get_parameters(), failing.get_parameters()):
+        np.testing.assert_array_equal(W1, W0)
+        np.testing.assert_array_equal(b1, b0)
+
+    def broken_compiler(name, dtype):
+        raise RuntimeError("NVRTC_ERROR_COMPILATION (simulated)")
+    monkeypatch.setattr(gpu, "_kernel", broken_compiler)
+    with pytest.raises(RuntimeError, match="NVRTC"):
+        network().fit(X, Y, **kw)
+
+
+def test_training_step_does_not_synchronize(gpu):
     """No host synchronisation inside steps (the loss is read once per epoch)."""
     cupyx = pytest.importorskip("cupyx")
     from backprop.training import run_epoch
@@ -378,6 +504,30 @@ def test_device_arrays_are_used_without_copy(gpu):
     np.testing.assert_allclose(gpu.to_numpy(out), expected, rtol=1e-5)
 
 
+def test_dlpack_is_preferred_to_the_array_interface(gpu, monkeypatch):
+    """A producer with both goes through DLPack, which passes our stream to the producer (so
+    CuPy waits for its work); PyTorch's __cuda_array_interface__ (v2) carries no stream."""
+    taken = []
+    view = gpu.zeros((2, 3), np.float32)
+
+    class Both:
+        @property
+        def __cuda_array_interface__(self):
+            taken.append("interface")
+            return view.__cuda_array_interface__
+
+        def __dlpack__(self, stream=None):
+            raise AssertionError("from_dlpack is replaced in this test")
+
+        def __dlpack_device__(self):
+            return (2, 0)                                  # kDLCUDA, device 0
+
+    monkeypatch.setattr(gpu.xp, "from_dlpack", lambda x: taken.append("dlpack") or view)
+    assert gpu.asarray(Both()) is view
+    assert taken == ["dlpack"]
+
+
+@needs_gpu
 def test_dlpack_input_from_torch(gpu):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -401,8 +551,9 @@ def test_dlpack_input_from_torch(gpu):
                                net.predict(X.cpu().numpy()), rtol=1e-6)
 
 
-def test_tf32_off_by_default_and_on_as_option(gpu):
-    """CUPY_TF32 unset: float32 cuBLAS products are full fp32; tf32=True allows TF32."""
+def test_tf32_off_by_default_and_on_as_option(gpu, monkeypatch):
+    """CUPY_TF32 unset: float32 cuBLAS products are full fp32; tf32=True lets cuBLAS use TF32,
+    which rounds the inputs to 10 mantissa bits and so changes the result measurably."""
     if os.environ.get("CUPY_TF32", "0") != "0":
         pytest.skip("CUPY_TF32 is set in this environment")
     assert gpu.tf32 is False
@@ -412,14 +563,20 @@ def test_tf32_off_by_default_and_on_as_option(gpu):
     exact = A_prev @ W.T
     from backprop.activations import Identity
     from backprop.backends.cupy import CuPyBackend
-    for backend, bound in ((gpu, 1e-5), (CuPyBackend("cuda:0", tf32=True), 1e-2)):
+    errors = {}
+    for backend in (gpu, CuPyBackend("cuda:0", tf32=True)):
+        monkeypatch.setattr(backend, "small_width", 0)      # every product on cuBLAS
+        calls = cublas_calls(monkeypatch, backend)
         Z = backend.empty((512, 1024), np.float32)
         backend.forward(backend.asarray(A_prev, np.float32), backend.asarray(W, np.float32),
                         backend.zeros((1024,), np.float32), Identity(), Z, Z)
-        err = np.linalg.norm(backend.to_numpy(Z) - exact) / np.linalg.norm(exact)
-        assert err < bound, (backend.tf32, err)
+        assert len(calls) == 1, "the product did not run on cuBLAS"
+        errors[backend.tf32] = np.linalg.norm(backend.to_numpy(Z) - exact) / np.linalg.norm(exact)
+    assert errors[False] < 1e-5, errors                       # fp32: ~1e-7
+    assert 1e-4 < errors[True] < 1e-2, errors                 # TF32: ~5e-4
 
 
+@needs_gpu
 def test_cupy_tf32_env_switches_it_on():
     code = ("from backprop.backends import get_backend; "
             "print(get_backend('cuda', 'cupy').tf32)")

@@ -55,7 +55,9 @@ COUNTER_CTYPES = {"int32": "int", "uint64": "unsigned long long"}
 #: every name expression the backend asks NVRTC for (also what the compile check instantiates)
 NAME_EXPRESSIONS = tuple(f"{k}<{c}>" for c in CTYPES.values() for k in KERNELS) + tuple(
     f"increment<{c}>" for c in COUNTER_CTYPES.values())
-#: NVRTC options; no fast math, so float32 results match the CPU backends
+#: NVRTC options. No --use_fast_math (no approximate exp/tanh/division), but CuPy adds
+#: -ftz=true and NVRTC contracts a * b + c into FMAs, so float32 results match the CPU backends
+#: to tolerance (1e-4 relative in the tests), not bitwise
 COMPILE_OPTIONS = ("-std=c++17",)
 SOURCE = "backprop.cu"
 
@@ -297,15 +299,17 @@ class CuPyBackend(Backend):
 
     def asarray(self, x: Any, dtype: Any = None) -> Array:
         """NumPy input is copied to the device once; CuPy arrays of this device and foreign
-        device arrays (``__cuda_array_interface__``, DLPack) are used without a copy when
+        device arrays (DLPack, else ``__cuda_array_interface__``) are used without a copy when
         dtype and layout already fit."""
         cp = self.xp
         with self._device:
             if not isinstance(x, cp.ndarray):
-                if hasattr(x, "__cuda_array_interface__"):
-                    x = cp.asarray(x)                     # Numba, PyTorch, JAX... (no copy)
-                elif hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
-                    x = cp.from_dlpack(x)                 # no copy
+                # DLPack first: from_dlpack passes our stream, so CuPy waits for the
+                # producer's; PyTorch exports __cuda_array_interface__ v2 without a stream
+                if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+                    x = cp.from_dlpack(x)                 # PyTorch, JAX... (no copy)
+                elif hasattr(x, "__cuda_array_interface__"):
+                    x = cp.asarray(x)                     # Numba... (no copy)
                 else:
                     host = np.asarray(x, dtype=dtype)     # cast on the host, copy once
                     return cp.asarray(np.ascontiguousarray(host))
@@ -485,7 +489,7 @@ class CuPyBackend(Backend):
         """The epoch's full batches as replays of one captured step (see the module
         docstring), then the partial batch eagerly. False (nothing done) where graphs do not
         apply: graphs off, a product on cuBLAS (a width above ``small_width``), fewer than
-        two batches, or a failed capture."""
+        two batches, or a capture of this configuration that failed (it warns once)."""
         n = X.shape[0]
         steps = n // batch_size
         ws = network.workspace(batch_size)
@@ -551,17 +555,24 @@ class CuPyBackend(Backend):
                network.loss_function.name, steps)
         plan = self._plans.get(network)
         if plan is not None and plan.key == key:
-            return plan
+            return plan if plan.graph is not None else None
+        self._compile(network.dtype)               # outside the capture: its errors are real
         try:
             plan = self._capture_step(network, ws, X, Y, stored_order, optimizer,
                                       learning_rate, l1, l2, clip_norm, steps, key, arrays)
         except RuntimeError as e:                  # CUDA/CuPy refused the capture
-            warnings.warn(f"CUDA graph capture failed, training without graphs: {e}",
-                          RuntimeWarning, stacklevel=4)
-            self.graphs = False
-            return None
-        self._plans[network] = plan
-        return plan
+            warnings.warn(f"CUDA graph capture failed; this configuration trains without "
+                          f"graphs: {e}", RuntimeWarning, stacklevel=4)
+            plan = _GraphPlan(key, arrays, stream=None, schedule=None, index=None, step=None)
+        self._plans[network] = plan                # a failed plan (graph None) is not retried
+        return plan if plan.graph is not None else None
+
+    def _compile(self, dtype: Any) -> None:
+        """Compile and load every kernel a step may launch (nothing may compile in a capture)."""
+        for name in KERNELS:
+            getattr(self._kernel(name, dtype), "attributes", None)
+        for counter in COUNTER_CTYPES:
+            getattr(self._kernel("increment", counter), "attributes", None)
 
     def _capture_step(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
                       optimizer: Any, learning_rate: float, l1: float, l2: float,
@@ -569,10 +580,6 @@ class CuPyBackend(Backend):
                       arrays: list) -> "_GraphPlan":
         cp = self.xp
         dtype = network.dtype
-        for name in KERNELS:                       # compile and load before capturing
-            getattr(self._kernel(name, dtype), "attributes", None)
-        for counter in COUNTER_CTYPES:
-            getattr(self._kernel("increment", counter), "attributes", None)
         with self._device:
             plan = _GraphPlan(key, arrays, stream=cp.cuda.Stream(non_blocking=True),
                               schedule=cp.zeros((steps, 3), dtype),

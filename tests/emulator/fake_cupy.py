@@ -1,18 +1,43 @@
 """A stand-in for the parts of CuPy the backend uses, running kernels/backprop.cu on the CPU.
 
-Arrays are NumPy arrays (a subclass with ``.data.ptr`` and ``.device``); ``RawModule`` kernels
-run in ``emulator.cpp`` (compiled with g++ on first use), which reads each argument as the type
-the kernel declares, as cuLaunchKernel does; stream capture records launches, with their
-argument values, and ``Graph.launch`` replays them. It checks what the GPU would check about
-our code (argument types and order, kernel arithmetic, graph replay logic), not CuPy itself.
+It refuses what CuPy 14 refuses, so a host/device mix-up fails here as it would on a GPU:
+
+- Arrays are a type of their own (:class:`ndarray`, holding host memory that poses as device
+  memory), not a NumPy subclass: ``numpy.asarray`` of one raises, as CuPy's implicit
+  conversion does; a NumPy array passed to a ufunc, a reduction, an operator, ``copyto``,
+  ``matmul``, an index or a kernel raises ``TypeError: Unsupported type``; a ufunc needs a
+  device array among its arguments (Python scalars alone are refused).
+- ``RawModule`` kernels run in ``emulator.cpp`` (compiled with g++ on first use), which reads
+  each argument as the type the kernel declares, as cuLaunchKernel does. Each argument is
+  checked against the kernel's C signature, parsed from the source: a pointer takes a
+  C-contiguous device array of the pointee's type (or ``numpy.uint64(0)``, a null pointer),
+  a value parameter a NumPy scalar of exactly its type. CuPy marshals a Python float as a
+  double and a Python int as a 64-bit integer whatever the parameter says, so a Python scalar
+  is refused for every parameter.
+- Stream capture records launches with their argument values; ``Graph.launch`` replays them.
+  During a capture, allocation, cuBLAS (``matmul``), host-device copies and synchronisation
+  raise, as CUDA refuses them; so does capture on the legacy (null) stream, and a launch on
+  the legacy stream while another stream captures. Array operations other than RawModule
+  kernels (ufuncs, ``copyto``, assignments) raise during a capture too: they would run eagerly
+  here instead of being recorded, which CUDA would not do.
+- ``cupy_backends.cuda.libs.cublas.setMathMode`` with the TF32 mode makes ``matmul`` round
+  float32 inputs to TF32 (10 mantissa bits), so the TF32 path changes results as on a GPU.
+- ``cupyx.allow_synchronize(False)`` makes every synchronisation raise.
+
+It checks what the GPU would check about our code (argument types and order, kernel
+arithmetic, graph replay logic, where arrays live), not CuPy, NVRTC or cuBLAS themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import numbers
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -22,6 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BARRIER_KERNELS = ("matmul", "loss", "sum_squares", "clip_factor")   # with __syncthreads
+__version__ = "14.2.0 (CPU emulator)"
 
 
 def compiler() -> str | None:
@@ -46,17 +72,54 @@ def build(name_expressions: tuple[str, ...]) -> ctypes.CDLL:
     if not lib.exists():
         build_dir.mkdir(exist_ok=True)
         (build_dir / "instances.inc").write_text(inc)
+        partial = build_dir / f"emulator.{id(entries)}.so"      # renamed when complete
         cmd = [compiler(), "-std=c++17", "-O1", "-shared", "-fPIC",
                f'-DKERNEL_SOURCE="{source}"', "-I", str(build_dir),
-               "-o", str(lib), str(HERE / "emulator.cpp")]
+               "-o", str(partial), str(HERE / "emulator.cpp")]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"building the emulator failed:\n{out.stderr}")
+        partial.replace(lib)
     dll = ctypes.CDLL(str(lib))
     dll.emulate.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
                             ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_void_p)]
     dll.emulate.restype = ctypes.c_int
     return dll
+
+
+class _State:
+    """What CUDA keeps per process: the emulator library, the current stream, the capture."""
+
+    def __init__(self) -> None:
+        self.dll = None
+        self.launches = 0            # kernels run (eagerly or by a graph replay)
+        self.capture = None          # (stream, recorded launches) while a stream captures
+        self.streams: list = []      # the current-stream stack (empty: the legacy stream)
+        self.allow_sync = True       # cupyx.allow_synchronize
+        self.math_mode = 0           # cuBLAS math mode: 0 default, 3 TF32
+
+
+_state = _State()
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+def _refuse_in_capture(what: str) -> None:
+    if _state.capture is not None:
+        raise CUDARuntimeError(f"cudaErrorStreamCaptureUnsupported: {what} is not permitted "
+                               "while a stream is capturing")
+
+
+def _synchronize(what: str) -> None:
+    _refuse_in_capture(what)
+    if not _state.allow_sync:
+        raise DeviceSynchronized(f"device synchronization by {what} is disallowed")
+
+
+class DeviceSynchronized(RuntimeError):
+    """cupyx's error for a synchronisation under ``allow_synchronize(False)``."""
 
 
 # ---------------------------------------------------------------------- arrays
@@ -72,128 +135,430 @@ class _Device:
         return False
 
     def synchronize(self) -> None:
-        pass
+        _synchronize("Device.synchronize")
 
     cublas_handle = 0
 
 
-class ndarray(np.ndarray):
-    """A NumPy array posing as device memory."""
+def _unsupported(x) -> TypeError:
+    return TypeError(f"Unsupported type {type(x)}")
+
+
+def _operand(x):
+    """The host value behind a device array or a scalar operand; NumPy arrays are refused."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (bool, numbers.Number, np.generic)):
+        return x
+    raise _unsupported(x)
+
+
+def _new(a) -> "ndarray":
+    """A freshly allocated device array holding ``a``."""
+    _refuse_in_capture("memory allocation")
+    return ndarray(np.asarray(a))
+
+
+def _no_capture(what: str) -> None:
+    if _state.capture is not None:
+        raise CUDARuntimeError(f"the emulator does not record {what} in a graph; only "
+                               "RawModule kernels are captured")
+
+
+class ndarray:
+    """A device array: host memory posing as GPU memory, never converted implicitly."""
+
+    __slots__ = ("_a", "__weakref__")
+    __array_ufunc__ = None          # NumPy ufuncs and operators refuse it and defer to ours
+
+    def __init__(self, a: np.ndarray) -> None:
+        if not isinstance(a, np.ndarray):
+            raise TypeError("internal: ndarray wraps a host numpy.ndarray")
+        self._a = a
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
+                        "`.get()` to construct a NumPy array explicitly.")
+
+    # attributes
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: ndarray(self._a.T))
+    device = property(lambda self: _Device(0))
 
     @property
-    def data(self):                                  # noqa: D401 - CuPy's MemoryPointer
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0],
-                                     copy_from_device=None)
+    def data(self):                                  # CuPy's MemoryPointer
+        return types.SimpleNamespace(ptr=self._a.__array_interface__["data"][0])
 
     @property
-    def device(self):
-        return _Device(0)
+    def __cuda_array_interface__(self) -> dict:
+        a = self._a
+        return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
+                "data": (a.__array_interface__["data"][0], False),
+                "strides": None if a.flags.c_contiguous else a.strides}
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __repr__(self) -> str:
+        return f"fake_cupy.ndarray({self._a!r})"
+
+    # host <-> device
+    def get(self, stream=None) -> np.ndarray:
+        _synchronize("ndarray.get")
+        return np.array(self._a)
 
     def set(self, arr, stream=None) -> None:
-        np.copyto(self.view(np.ndarray), arr)
+        _refuse_in_capture("a host-to-device copy")
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"set: expected a numpy.ndarray, got {type(arr)}")
+        if arr.shape != self.shape or arr.dtype != self.dtype:
+            raise ValueError("set: shape and dtype must match")
+        np.copyto(self._a, arr)
 
-    def get(self):
-        return np.array(self.view(np.ndarray))
+    def _scalar(self, kind, what: str):
+        if self._a.size != 1:
+            raise TypeError(f"only size-1 arrays convert to Python {kind.__name__}")
+        _synchronize(what)
+        return kind(self._a.reshape(()).item())
+
+    def __int__(self):
+        return self._scalar(int, "int()")
+
+    def __float__(self):
+        return self._scalar(float, "float()")
+
+    def __bool__(self):
+        return self._scalar(bool, "bool()")
+
+    def item(self):
+        _synchronize("ndarray.item")
+        return self._a.item()
+
+    # shape and copies
+    def reshape(self, *shape):
+        return ndarray(self._a.reshape(*shape))     # contiguous arrays: a view
+
+    def ravel(self):
+        return ndarray(self._a.ravel()) if self._a.flags.c_contiguous else _new(self._a.ravel())
+
+    def astype(self, dtype, copy=True):
+        if not copy and self._a.dtype == np.dtype(dtype):
+            return self
+        _no_capture("astype")
+        return _new(self._a.astype(dtype))
+
+    def copy(self):
+        _no_capture("copy")
+        return _new(self._a.copy())
+
+    def fill(self, value) -> None:
+        _no_capture("fill")
+        self._a.fill(_operand(value))
+
+    # indexing
+    def _key(self, key):
+        parts = key if isinstance(key, tuple) else (key,)
+        advanced = False
+        out = []
+        for k in parts:
+            if isinstance(k, ndarray):
+                advanced = True
+                out.append(k._a)
+            elif isinstance(k, (np.ndarray, list)):
+                raise _unsupported(k)
+            else:
+                out.append(k)
+        if not advanced and Ellipsis not in out:
+            out.append(Ellipsis)                     # integer indices give 0-d views, as CuPy
+        return tuple(out), advanced
+
+    def __getitem__(self, key):
+        key, advanced = self._key(key)
+        if advanced:
+            _no_capture("advanced indexing")
+            return _new(self._a[key])
+        return ndarray(self._a[key])
+
+    def __setitem__(self, key, value) -> None:
+        _no_capture("assignment")
+        key, _ = self._key(key)
+        self._a[key] = _operand(value)
+
+    # reductions: 0-d device arrays, as CuPy returns
+    def _reduce(self, fn, axis=None, keepdims=False, **kw):
+        _no_capture(fn.__name__)
+        return _new(fn(self._a, axis=axis, keepdims=keepdims, **kw))
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self._reduce(np.sum, axis, keepdims, dtype=dtype)
+
+    def min(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.min, axis, keepdims)
+
+    def max(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.max, axis, keepdims)
+
+    def all(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.all, axis, keepdims)
+
+    def any(self, axis=None, out=None, keepdims=False):
+        return self._reduce(np.any, axis, keepdims)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        return self._reduce(np.mean, axis, keepdims, dtype=dtype)
+
+    def argmax(self, axis=None):
+        _no_capture("argmax")
+        return _new(np.argmax(self._a, axis=axis))
+
+    # operators
+    def _binary(self, other, fn):
+        _no_capture(fn.__name__)
+        return _new(fn(self._a, _operand(other)))
+
+    def _rbinary(self, other, fn):
+        _no_capture(fn.__name__)
+        return _new(fn(_operand(other), self._a))
+
+    def _inplace(self, other, fn):
+        _no_capture(fn.__name__)
+        fn(self._a, _operand(other), out=self._a)
+        return self
+
+    __add__ = lambda s, o: s._binary(o, np.add)
+    __radd__ = lambda s, o: s._rbinary(o, np.add)
+    __sub__ = lambda s, o: s._binary(o, np.subtract)
+    __rsub__ = lambda s, o: s._rbinary(o, np.subtract)
+    __mul__ = lambda s, o: s._binary(o, np.multiply)
+    __rmul__ = lambda s, o: s._rbinary(o, np.multiply)
+    __truediv__ = lambda s, o: s._binary(o, np.true_divide)
+    __rtruediv__ = lambda s, o: s._rbinary(o, np.true_divide)
+    __pow__ = lambda s, o: s._binary(o, np.power)
+    __eq__ = lambda s, o: s._binary(o, np.equal)
+    __ne__ = lambda s, o: s._binary(o, np.not_equal)
+    __lt__ = lambda s, o: s._binary(o, np.less)
+    __le__ = lambda s, o: s._binary(o, np.less_equal)
+    __gt__ = lambda s, o: s._binary(o, np.greater)
+    __ge__ = lambda s, o: s._binary(o, np.greater_equal)
+    __and__ = lambda s, o: s._binary(o, np.logical_and)
+    __or__ = lambda s, o: s._binary(o, np.logical_or)
+    __iadd__ = lambda s, o: s._inplace(o, np.add)
+    __isub__ = lambda s, o: s._inplace(o, np.subtract)
+    __imul__ = lambda s, o: s._inplace(o, np.multiply)
+    __itruediv__ = lambda s, o: s._inplace(o, np.true_divide)
+    __neg__ = lambda s: s._rbinary(0, np.subtract)
+    __abs__ = lambda s: _ufunc(np.absolute)(s)
+    __hash__ = None
 
 
-def _dev(x):
-    return x.view(ndarray) if isinstance(x, np.ndarray) else x
+# ---------------------------------------------------------------------- module functions
+
+def _ufunc(fn):
+    """A CuPy ufunc or reduction over ``fn``: a device array among the inputs, no NumPy
+    arrays, ``out`` (if given) a device array."""
+    def call(*args, out=None, **kwargs):
+        _no_capture(fn.__name__)
+        if not any(isinstance(a, ndarray) for a in args):
+            raise _unsupported(args[0] if args else None)
+        values = [_operand(a) for a in args]
+        if out is not None:
+            if not isinstance(out, ndarray):
+                raise _unsupported(out)
+            fn(*values, out=out._a, **kwargs)
+            return out
+        return _new(fn(*values, **kwargs))
+    call.__name__ = fn.__name__
+    return call
 
 
-def empty(shape, dtype=float):
-    return np.empty(shape, dtype).view(ndarray)
+isfinite, isnan, floor, abs, absolute, sqrt, exp, log, maximum, minimum, equal, argmax, sum = (
+    _ufunc(f) for f in (np.isfinite, np.isnan, np.floor, np.absolute, np.absolute, np.sqrt,
+                        np.exp, np.log, np.maximum, np.minimum, np.equal, np.argmax, np.sum))
+int32, int64, uint64, float32, float64 = np.int32, np.int64, np.uint64, np.float32, np.float64
 
 
-def zeros(shape, dtype=float):
-    return np.zeros(shape, dtype).view(ndarray)
+def empty(shape, dtype=float, order="C"):
+    return _new(np.empty(shape, dtype))
 
 
-def asarray(x, dtype=None):
-    if isinstance(x, ndarray):                       # already "on the device": no copy
-        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
-    return np.array(x, dtype).view(ndarray)          # host -> device is a copy
+def zeros(shape, dtype=float, order="C"):
+    return _new(np.zeros(shape, dtype))
+
+
+def ones(shape, dtype=float):
+    return _new(np.ones(shape, dtype))
+
+
+def arange(*args, dtype=None):
+    return _new(np.arange(*args, dtype=dtype))
+
+
+def asarray(x, dtype=None, order=None):
+    """Device arrays pass through (cast when ``dtype`` differs); anything else is copied from
+    the host (a DLPack producer goes through :func:`from_dlpack`)."""
+    if isinstance(x, ndarray):
+        return x if dtype is None or x.dtype == np.dtype(dtype) else x.astype(dtype)
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        return asarray(from_dlpack(x), dtype)
+    _refuse_in_capture("a host-to-device copy")
+    return _new(np.array(x, dtype))
 
 
 def ascontiguousarray(x, dtype=None):
-    return np.ascontiguousarray(x, dtype).view(ndarray)
+    if not isinstance(x, ndarray):
+        raise _unsupported(x)
+    if x.flags.c_contiguous and (dtype is None or x.dtype == np.dtype(dtype)):
+        return x
+    _no_capture("ascontiguousarray")
+    return _new(np.ascontiguousarray(x._a, dtype))
 
 
-def asnumpy(x):
-    return np.array(np.asarray(x).view(np.ndarray))
+def asnumpy(x, stream=None):
+    if isinstance(x, ndarray):
+        return x.get()
+    return np.asarray(x)
 
 
-def copyto(dst, src):
-    np.copyto(dst, src)
+def copyto(dst, src, casting="same_kind"):
+    _no_capture("copyto")
+    if not isinstance(dst, ndarray):
+        raise _unsupported(dst)
+    np.copyto(dst._a, _operand(src), casting=casting)
+
+
+def _tf32(x: np.ndarray) -> np.ndarray:
+    """float32 rounded to TF32's 10-bit mantissa (round to nearest even)."""
+    bits = x.astype(np.float32).view(np.uint32)
+    lsb = (bits >> np.uint32(13)) & np.uint32(1)
+    rounded = (bits + np.uint32(0xFFF) + lsb) & np.uint32(0xFFFFE000)
+    return rounded.view(np.float32)
 
 
 def matmul(a, b, out=None):
-    return np.matmul(a, b, out=out)
+    """cuBLAS's product: refused during a capture (CuPy issue 6290); TF32 when the handle's
+    math mode says so and the operands are float32."""
+    _refuse_in_capture("a cuBLAS call")
+    for x in (a, b) + (() if out is None else (out,)):
+        if not isinstance(x, ndarray):
+            raise _unsupported(x)
+    x, y = a._a, b._a
+    if _state.math_mode == cublas.CUBLAS_TF32_TENSOR_OP_MATH and x.dtype == np.float32:
+        x, y = _tf32(x), _tf32(y)
+    if out is None:
+        return _new(np.matmul(x, y))
+    np.matmul(x, y, out=out._a)
+    return out
 
 
 def from_dlpack(x):
-    return np.from_dlpack(x).view(ndarray)
-
-
-isfinite, argmax, arange, floor, abs, int64, float32, float64, int32 = (
-    np.isfinite, np.argmax, np.arange, np.floor, np.abs, np.int64, np.float32, np.float64,
-    np.int32)
+    """A view of a DLPack producer's memory; only CUDA memory is accepted, as on a GPU."""
+    device_type = int(x.__dlpack_device__()[0])
+    if device_type not in (2, 13):                           # kDLCUDA, kDLCUDAManaged
+        raise BufferError(f"from_dlpack: the producer is on device type {device_type}, "
+                          "not CUDA")
+    return ndarray(np.from_dlpack(x))
 
 
 class _Generator:
     def __init__(self, seed):
         self._rng = np.random.default_rng(seed)
 
+    def standard_normal(self, size=None, dtype=np.float64):
+        return _new(self._rng.standard_normal(size, dtype=dtype))
+
     def random(self, size=None, dtype=np.float64, out=None):
-        assert out is not None and tuple(out.shape) == tuple(size)
-        self._rng.random(out=out.view(np.ndarray), dtype=dtype)
+        if out is None:
+            return _new(self._rng.random(size, dtype=dtype))
+        self._rng.random(out=out._a, dtype=dtype)
         return out
 
 
 random = types.SimpleNamespace(default_rng=lambda seed=None: _Generator(seed))
 
 
-# ---------------------------------------------------------------------- kernels, streams, graphs
+# ---------------------------------------------------------------------- kernels
 
+_C_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32,
+            "long long": np.int64, "unsigned long long": np.uint64}
 _CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
            np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.float32): ctypes.c_float,
            np.dtype(np.float64): ctypes.c_double}
-_state = types.SimpleNamespace(dll=None, capturing=None, launches=0)
+_SIGNATURE = re.compile(r"template <typename T>\s*__global__ void (\w+)\(([^)]*)\)")
 
 
-def _arg(x):
-    """The C value of one kernel argument, as CuPy marshals it."""
-    if isinstance(x, np.ndarray) and x.ndim > 0 or isinstance(x, ndarray):
+def signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """Kernel name -> its parameters ``(name, C type, is_pointer)``, from the source."""
+    result = {}
+    for name, params in _SIGNATURE.findall(code):
+        parsed = []
+        for p in params.split(","):
+            words = p.replace("*", " * ").split()
+            pointer = "*" in words
+            ctype = " ".join(w for w in words[:-1] if w not in ("const", "*"))
+            parsed.append((words[-1], ctype, pointer))
+        result[name] = parsed
+    return result
+
+
+def _arg(kernel: str, param: tuple[str, str, bool], T: type, x):
+    """The C value of one argument, checked against its parameter as a GPU would need it."""
+    name, ctype, pointer = param
+    expected = np.dtype(T if ctype == "T" else _C_TYPES[ctype])
+    where = f"{kernel}: parameter '{ctype}{' *' if pointer else ''} {name}'"
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"{where}: Unsupported type {type(x)} (a host array)")
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
+        raise TypeError(f"{where}: got a Python {type(x).__name__}, which CuPy marshals by "
+                        f"its own type; pass numpy.{expected.name}")
+    if pointer:
+        if isinstance(x, np.uint64) and x == 0:
+            return ctypes.c_void_p(0)                            # a null pointer
         if not isinstance(x, ndarray):
-            raise TypeError("a host NumPy array was passed to a kernel")
+            raise TypeError(f"{where}: expected a device array, got {type(x)}")
+        if x.dtype != expected or not x.flags.c_contiguous:
+            raise TypeError(f"{where}: expected a C-contiguous {expected.name} array, got "
+                            f"{x.dtype.name} (C-contiguous: {x.flags.c_contiguous})")
         return ctypes.c_void_p(x.data.ptr)
-    if isinstance(x, np.generic):
-        return _CTYPES[np.dtype(type(x))](x.item())
-    if isinstance(x, bool):
-        return ctypes.c_bool(x)
-    if isinstance(x, int):
-        return ctypes.c_int64(x)
-    if isinstance(x, float):
-        return ctypes.c_double(x)
-    raise TypeError(f"unsupported kernel argument {type(x).__name__}")
+    if type(x) is not expected.type:
+        raise TypeError(f"{where}: expected numpy.{expected.name}, got {type(x).__name__}")
+    return _CTYPES[expected](x.item())
 
 
 class RawKernel:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, params: list, T: type) -> None:
         self.name = name
+        self.params = params
+        self.T = T
         self.attributes = {}
 
     def __call__(self, grid, block, args, **kwargs):
-        values = [_arg(a) for a in args]
+        kernel = self.name.split("<")[0]
+        if len(args) != len(self.params):
+            raise TypeError(f"{kernel}: takes {len(self.params)} arguments, got {len(args)}")
+        values = [_arg(kernel, p, self.T, a) for p, a in zip(self.params, args)]
         grid = tuple(grid) + (1,) * (3 - len(grid))
         block = tuple(block) + (1,) * (3 - len(block))
         if not (0 < grid[0] < 2 ** 31 and 0 < grid[1] <= 65535 and 0 < grid[2] <= 65535
                 and 0 < block[0] * block[1] * block[2] <= 1024 and block[2] <= 64):
             raise ValueError(f"{self.name}: grid {grid} / block {block} exceed CUDA's limits")
         launch = (self.name, grid, block, values)
-        if _state.capturing is not None:
-            _state.capturing.append(launch)          # a graph node: arguments by value
-        else:
-            _run(launch)
+        stream = get_current_stream()
+        if _state.capture is not None:
+            capturing, launches = _state.capture
+            if stream is capturing:
+                launches.append(launch)              # a graph node: arguments by value
+                return
+            if stream.null:
+                raise CUDARuntimeError("cudaErrorStreamCaptureImplicit: a launch on the "
+                                       "legacy stream while another stream captures")
+        _run(launch)
 
 
 def _run(launch) -> None:
@@ -210,14 +575,18 @@ class RawModule:
     def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
         assert name_expressions, "the backend must pass name_expressions"
         self.name_expressions = tuple(name_expressions)
+        self.signatures = signatures(code)
         if _state.dll is None:
             _state.dll = build(self.name_expressions)
 
     def get_function(self, name: str) -> RawKernel:
         if name not in self.name_expressions:
             raise KeyError(f"{name!r} is not among the name expressions")
-        return RawKernel(name)
+        kernel, ctype = name[:-1].split("<", 1)
+        return RawKernel(name, self.signatures[kernel], _C_TYPES[ctype])
 
+
+# ---------------------------------------------------------------------- streams and graphs
 
 class Graph:
     def __init__(self, launches) -> None:
@@ -228,37 +597,104 @@ class Graph:
             _run(launch)
 
 
+class Event:
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        _synchronize("Event.synchronize")
+
+
 class Stream:
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None) -> None:
-        self._graph = None
+        self.null = null
 
     def __enter__(self):
+        _state.streams.append(self)
         return self
 
     def __exit__(self, *exc):
+        _state.streams.pop()
         return False
 
     def begin_capture(self, mode=None) -> None:
-        assert _state.capturing is None
-        _state.capturing = []
+        if self.null:
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: the legacy stream "
+                                   "cannot be captured")
+        if _state.capture is not None:
+            raise CUDARuntimeError("cudaErrorIllegalState: a stream is already capturing")
+        _state.capture = (self, [])
 
     def end_capture(self) -> Graph:
-        graph, _state.capturing = Graph(_state.capturing), None
+        if _state.capture is None or _state.capture[0] is not self:
+            raise CUDARuntimeError("cudaErrorIllegalState: this stream is not capturing")
+        graph, _state.capture = Graph(_state.capture[1]), None
         return graph
 
-    def record(self, event=None):
-        return object()
+    def record(self, event=None) -> Event:
+        return event or Event()
 
     def wait_event(self, event) -> None:
         pass
 
+    def synchronize(self) -> None:
+        _synchronize("Stream.synchronize")
 
-class CUDARuntimeError(RuntimeError):
-    pass
+
+_LEGACY = Stream(null=True)
+
+
+def get_current_stream() -> Stream:
+    return _state.streams[-1] if _state.streams else _LEGACY
+
+
+def _elapsed_time(start, stop) -> float:
+    return 0.0
 
 
 cuda = types.SimpleNamespace(
-    Device=_Device, Stream=Stream, Graph=Graph,
-    get_current_stream=lambda: Stream(),
+    Device=_Device, Stream=Stream, Graph=Graph, Event=Event,
+    get_current_stream=get_current_stream, get_elapsed_time=_elapsed_time,
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=CUDARuntimeError,
-                                  is_hip=False))
+                                  is_hip=False,
+                                  getDeviceProperties=lambda i: {"name": b"CPU emulator"}))
+
+
+# ---------------------------------------------------------------------- cuBLAS and cupyx
+
+def _set_math_mode(handle, mode) -> None:
+    _state.math_mode = int(mode)
+
+
+cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+cublas.CUBLAS_DEFAULT_MATH, cublas.CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
+cublas.setMathMode = _set_math_mode
+cublas.getMathMode = lambda handle: _state.math_mode
+
+
+@contextlib.contextmanager
+def allow_synchronize(allow: bool):
+    saved, _state.allow_sync = _state.allow_sync, bool(allow)
+    try:
+        yield
+    finally:
+        _state.allow_sync = saved
+
+
+cupyx = types.ModuleType("cupyx")
+cupyx.allow_synchronize = allow_synchronize
+
+
+def modules() -> dict[str, types.ModuleType]:
+    """The ``sys.modules`` entries that make this module CuPy: ``cupy``, ``cupyx`` and the
+    ``cupy_backends`` packages down to ``cublas``."""
+    me = sys.modules[__name__]
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = cublas
+    cuda_pkg = types.ModuleType("cupy_backends.cuda")
+    cuda_pkg.libs = libs
+    backends = types.ModuleType("cupy_backends")
+    backends.cuda = cuda_pkg
+    return {"cupy": me, "cupyx": cupyx, "cupy_backends": backends,
+            "cupy_backends.cuda": cuda_pkg, "cupy_backends.cuda.libs": libs,
+            "cupy_backends.cuda.libs.cublas": cublas}
