@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import is_cuda_array, to_numpy
 from .backends.base import Backend
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, Loss
 
@@ -51,9 +52,8 @@ def check_nonnegative_float(name: str, value: Any) -> float:
 def _as_numeric(backend: Backend, x: Any, name: str) -> Any:
     """``x`` as an array of the backend (host input stays on the host until cast)."""
     if not backend.is_native(x):
-        if hasattr(x, "__cuda_array_interface__") or hasattr(x, "__dlpack__") and not hasattr(
-                x, "__array__"):
-            x = backend.asarray(x)      # foreign device array: the backend decides
+        if is_cuda_array(x):            # foreign CUDA array: used there, or copied to the host
+            x = backend.asarray(x) if backend.device.startswith("cuda") else to_numpy(x)
         else:
             try:
                 x = np.asarray(x)

@@ -7,6 +7,7 @@ imported under the one name ``conftest``.)
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from backprop import Network
 from backprop.backends import BACKENDS, get_backend, is_installed
 
 DEVICE = {name: spec[2] for name, spec in BACKENDS.items()}   # backend -> device kind
+#: ci/gpu.sh sets BACKPROP_REQUIRE_GPU=1: the cupy tests fail without a GPU instead of emulating
+REQUIRE_GPU = os.environ.get("BACKPROP_REQUIRE_GPU", "0") not in ("", "0")
 #: relative tolerance of a backend against the NumPy backend, by dtype
 RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import fake_cupy, use_emulator
+from support import REQUIRE_GPU, fake_cupy, use_emulator
 
 from backprop import Network
 from backprop.activations import ACTIVATIONS
@@ -43,9 +43,10 @@ def _why_no_gpu() -> str | None:
 NO_GPU = _why_no_gpu()
 EMULATED = NO_GPU is not None
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(EMULATED and fake_cupy().compiler() is None,
+              pytest.mark.skipif(EMULATED and not REQUIRE_GPU and fake_cupy().compiler() is None,
                                  reason=f"{NO_GPU}, and the CUDA emulator needs g++")]
-needs_gpu = pytest.mark.skipif(EMULATED, reason=f"needs real CuPy and a GPU: {NO_GPU}")
+needs_gpu = pytest.mark.skipif(EMULATED and not REQUIRE_GPU,
+                               reason=f"needs real CuPy and a GPU: {NO_GPU}")
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -55,8 +56,11 @@ def dtype(request):
 
 @pytest.fixture
 def gpu(monkeypatch):
-    """The cupy backend: on the GPU, or on the emulator when there is none."""
+    """The cupy backend: on the GPU, or on the emulator when there is none (a failure under
+    BACKPROP_REQUIRE_GPU=1, as ci/gpu.sh runs it)."""
     if EMULATED:
+        if REQUIRE_GPU:
+            pytest.fail(f"BACKPROP_REQUIRE_GPU is set: {NO_GPU}")
         use_emulator(monkeypatch)
     return get_backend("cuda", "cupy")
 
@@ -525,6 +529,47 @@ def test_dlpack_is_preferred_to_the_array_interface(gpu, monkeypatch):
     monkeypatch.setattr(gpu.xp, "from_dlpack", lambda x: taken.append("dlpack") or view)
     assert gpu.asarray(Both()) is view
     assert taken == ["dlpack"]
+
+
+class CudaTensor:
+    """A CUDA array of another library, as PyTorch's: DLPack only, no host conversion."""
+
+    def __init__(self, device_array):
+        self._d = device_array
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._d.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._d.__dlpack_device__()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_foreign_cuda_arrays_on_every_entry_point(gpu):
+    """Another library's CUDA arrays go wherever arrays go, on the GPU network and on a CPU
+    one (copied to the host), set_parameters and to_numpy included."""
+    from backprop import to_numpy
+    rng = np.random.default_rng(15)
+    X, Y = _data(rng, 24, 4, 3)
+    cuda = lambda a: CudaTensor(gpu.asarray(np.ascontiguousarray(a)))  # noqa: E731
+    np.testing.assert_array_equal(to_numpy(cuda(X)), X)
+    for device, backend in (("cuda", "cupy"), ("cpu", "numpy")):
+        net = Network([4, 5, 3], ["tanh", "softmax"], "cross_entropy", device=device,
+                      backend=backend, dtype="float64", seed=0)
+        twin = Network([4, 5, 3], ["tanh", "softmax"], "cross_entropy", device=device,
+                       backend=backend, dtype="float64", seed=0)
+        params = [(W * 0.5, b + 0.1) for W, b in net.get_parameters()]
+        net.set_parameters([(cuda(W), cuda(b)) for W, b in params])
+        twin.set_parameters(params)
+        assert net.loss(cuda(X), cuda(Y)) == twin.loss(X, Y)
+        net.fit(cuda(X), cuda(Y), epochs=1, batch_size=8, learning_rate=0.1, seed=0,
+                validation_data=(cuda(X), cuda(Y)))
+        twin.fit(X, Y, epochs=1, batch_size=8, learning_rate=0.1, seed=0)
+        for (W0, b0), (W1, b1) in zip(twin.get_parameters(), net.get_parameters()):
+            np.testing.assert_array_equal(W1, W0)
+            np.testing.assert_array_equal(b1, b0)
 
 
 @needs_gpu

@@ -32,39 +32,51 @@ def test_arrays_are_not_numpy_arrays():
     assert not isinstance(x, np.ndarray)
     with pytest.raises(TypeError, match="Implicit conversion"):
         np.asarray(x)
-    with pytest.raises(TypeError):
-        np.isfinite(x)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.array(x, dtype=np.float64)
     np.testing.assert_array_equal(x.get(), np.zeros(3, np.float32))    # explicit: fine
+    # NumPy's ufuncs and functions dispatch to the device, as CuPy's __array_ufunc__ and
+    # __array_function__ do: the results stay device arrays
+    assert isinstance(np.isfinite(x), cp.ndarray) and isinstance(np.argmax(x), cp.ndarray)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        np.add(x, np.ones(3, np.float32))
 
 
 @pytest.mark.parametrize("call", [
     lambda h, d: cp.isfinite(h), lambda h, d: cp.floor(h), lambda h, d: cp.argmax(h),
     lambda h, d: cp.maximum(d, h), lambda h, d: d + h, lambda h, d: d == h,
     lambda h, d: cp.copyto(d, h), lambda h, d: cp.matmul(d.reshape(3, 1), h.reshape(1, 3)),
-    lambda h, d: d.__setitem__(slice(None), h), lambda h, d: d[h.astype(np.int64)],
-    lambda h, d: cp.ascontiguousarray(h)],
+    lambda h, d: d.__setitem__(slice(None), h), lambda h, d: cp.ascontiguousarray(h),
+    lambda h, d: h + d],
     ids=["isfinite", "floor", "argmax", "maximum", "add", "equal", "copyto", "matmul",
-         "setitem", "index", "ascontiguousarray"])
+         "setitem", "ascontiguousarray", "radd"])
 def test_numpy_arrays_are_refused(call):
     host, device = np.ones(3), cp.ones((3,))
     with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
         call(host, device)
 
 
-def test_python_scalars_alone_are_refused_by_ufuncs():
-    with pytest.raises(TypeError, match="Unsupported type"):
-        cp.isfinite(1.0)
-    assert bool((cp.ones((2,)) * 2.0 == 2.0).all())          # beside an array: fine
+def test_what_cupy_accepts_is_accepted():
+    """CuPy 14.2 wraps Python scalars in ufuncs (a 0-d result) and copies host indices to the
+    device; refusing these would invent failures a GPU does not have."""
+    assert isinstance(cp.isfinite(1.0), cp.ndarray) and bool(cp.isfinite(1.0))
+    assert bool((cp.ones((2,)) * 2.0 == 2.0).all())
+    d = cp.arange(5)
+    np.testing.assert_array_equal(d[[0, 2]].get(), [0, 2])
+    np.testing.assert_array_equal(d[np.array([4, 1])].get(), [4, 1])
 
 
 def test_kernel_arguments_must_match_the_c_signature(module):
     kernel = module.get_function("multiply<float>")           # (T* x, const T* y, long long n)
     x, y = cp.ones((4,), np.float32), cp.ones((4,), np.float32)
     kernel((1,), (32,), multiply_args(x, y))                  # the right types: runs
+    kernel((1,), (32,), (x, y, 4))               # a Python int is passed as a long long
+    kernel((1,), (32,), (x, y, np.array([4])))   # a size-1 NumPy array, by value
     bad = {
         "host array": (x, np.ones(4, np.float32), np.int64(4)),
-        "Python int for long long": (x, y, 4),
+        "Python float for long long": (x, y, 4.0),
         "int32 for long long": (x, y, np.int32(4)),
+        "size-1 int32 array for long long": (x, y, np.array([4], np.int32)),
         "float64 array for float*": (x, cp.ones((4,), np.float64), np.int64(4)),
         "non-contiguous array": (x, cp.ones((8,), np.float32)[::2], np.int64(4)),
         "too few arguments": (x, y),
@@ -77,7 +89,7 @@ def test_kernel_arguments_must_match_the_c_signature(module):
     good = (A, A, cp.empty((4,), np.float32), np.int64(4), np.int32(0), np.float32(0),
             np.int32(1), np.float32(0.25))
     scale((1,), (32,), good)
-    for i, wrong in ((5, 0.0), (5, np.float64(0)), (4, 0), (4, np.int64(0))):
+    for i, wrong in ((5, 0.0), (5, np.float64(0)), (4, 0), (4, np.int64(0)), (4, True)):
         args = list(good)
         args[i] = wrong
         with pytest.raises(TypeError, match="output_delta: parameter"):
@@ -101,6 +113,7 @@ def test_capture_refuses_allocation_cublas_copies_and_synchronisation(module):
         "device synchronisation": lambda: cp.cuda.Device(0).synchronize(),
         "stream synchronisation": lambda: cp.cuda.get_current_stream().synchronize(),
         "an eager ufunc": lambda: cp.isfinite(x, out=finite),
+        "a reshape that copies": lambda: m.T.reshape(4),
     }
     for what, call in refused.items():
         stream = cp.cuda.Stream(non_blocking=True)
@@ -144,14 +157,18 @@ def test_legacy_stream_cannot_capture(module):
         cp.cuda.get_current_stream().begin_capture()          # the default stream is legacy
     x = cp.ones((4,), np.float32)
     kernel = module.get_function("multiply<float>")
-    stream = cp.cuda.Stream(non_blocking=True)
-    with stream:
-        stream.begin_capture()
-    try:                                  # capturing, but this launch is on the legacy stream
-        with pytest.raises(cp.CUDARuntimeError, match="legacy stream"):
-            kernel((1,), (32,), multiply_args(x, x))
-    finally:
-        stream.end_capture()
+    for non_blocking in (False, True):
+        stream = cp.cuda.Stream(non_blocking=non_blocking)
+        with stream:
+            stream.begin_capture()
+        try:                              # capturing, but this launch is on the legacy stream
+            if non_blocking:              # no implicit synchronisation: CUDA allows it
+                kernel((1,), (32,), multiply_args(x, x))
+            else:
+                with pytest.raises(cp.CUDARuntimeError, match="legacy stream"):
+                    kernel((1,), (32,), multiply_args(x, x))
+        finally:
+            stream.end_capture()
 
 
 def test_allow_synchronize_false_refuses_synchronisation():

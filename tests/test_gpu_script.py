@@ -77,9 +77,14 @@ def test_gpu_script_fits_the_device_budget():
     tests only, and the exit status has a bit per stage."""
     text = (ROOT / "ci" / "gpu.sh").read_text()
     limits = [int(n) for n in re.findall(r"^stage \w+ (\d+) ", text, re.M)]
-    assert len(limits) == 3 and sum(limits) + 5 * len(limits) <= 300 - 15
+    assert "timeout -s INT -k 5 " in text                  # each stage: SIGINT, then 5 s grace
+    before = [int(a) + int(b or 0) for b, a in           # the GPU name and environment report
+              re.findall(r"timeout (?:-k (\d+) )?(\d+) (?:nvidia-smi|bash -c environment)", text)]
+    assert len(limits) == 3 and len(before) == 2
+    assert sum(before) + sum(limits) + 5 * len(limits) <= 300
     assert re.search(r"^stage tests \d+ .*-m gpu", text, re.M)
     assert text.count("test_kernels_compile") == 1
     assert re.search(r"--budget (\d+)", text) and int(re.search(r"--budget (\d+)", text)[1]) < \
         int(re.search(r"^stage benchmarks (\d+)", text, re.M)[1])
     assert "FAILED | 1" in text and "FAILED | 2" in text and "FAILED | 4" in text
+    assert "BACKPROP_REQUIRE_GPU=1" in text and "--require-gpu" in text   # no silent fallback

@@ -76,12 +76,36 @@ def get_backend(device: Any = "cpu", backend: str | None = None) -> Backend:
     return _instances[key]
 
 
+def is_cuda_array(x: Any) -> bool:
+    """True when ``x`` lives in CUDA memory: a DLPack producer on a CUDA device (PyTorch,
+    JAX, CuPy: kDLCUDA = 2, managed = 13) or an object with ``__cuda_array_interface__``
+    (Numba, CuPy, PyTorch)."""
+    if hasattr(x, "__dlpack_device__"):
+        try:
+            if int(x.__dlpack_device__()[0]) in (2, 13):
+                return True
+        except (TypeError, ValueError, IndexError):
+            pass
+    return hasattr(x, "__cuda_array_interface__")
+
+
 def to_numpy(x: Any) -> Any:
-    """A NumPy array with the values of ``x``: an array of any backend (NumPy, CuPy, or
-    anything with ``__array__``); device arrays are copied to the host."""
+    """A NumPy array with the values of ``x``: an array of any backend (NumPy, CuPy), a CUDA
+    array of another library (copied through CuPy: DLPack first, else
+    ``__cuda_array_interface__``), or anything with ``__array__``.
+
+    Raises ImportError for a CUDA array when CuPy is not installed."""
     import numpy as np
     if hasattr(x, "get") and hasattr(x, "__cuda_array_interface__"):   # CuPy
         return x.get()
+    if is_cuda_array(x):
+        try:
+            import cupy
+        except ImportError:
+            raise ImportError(f"copying a CUDA array ({type(x).__name__}) to the host needs "
+                              "CuPy: pip install 'backprop[cuda]'") from None
+        on_device = cupy.from_dlpack(x) if hasattr(x, "__dlpack__") else cupy.asarray(x)
+        return cupy.asnumpy(on_device)
     return np.asarray(x)
 
 

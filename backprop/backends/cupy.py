@@ -42,6 +42,7 @@ import numpy as np
 from ..activations import Activation, Code
 from ..losses import Loss
 from ..optimizers import UpdateRule
+from . import is_cuda_array
 from .base import Array, Backend
 
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
@@ -306,7 +307,7 @@ class CuPyBackend(Backend):
             if not isinstance(x, cp.ndarray):
                 # DLPack first: from_dlpack passes our stream, so CuPy waits for the
                 # producer's; PyTorch exports __cuda_array_interface__ v2 without a stream
-                if hasattr(x, "__dlpack__") and _dlpack_on_cuda(x):
+                if hasattr(x, "__dlpack__") and is_cuda_array(x):
                     x = cp.from_dlpack(x)                 # PyTorch, JAX... (no copy)
                 elif hasattr(x, "__cuda_array_interface__"):
                     x = cp.asarray(x)                     # Numba... (no copy)
@@ -624,11 +625,3 @@ class _GraphPlan:
 def _scalar(dtype: Any) -> Any:
     """The NumPy scalar type kernel arguments of type T must have."""
     return np.dtype(dtype).type
-
-
-def _dlpack_on_cuda(x: Any) -> bool:
-    """True when a DLPack producer holds CUDA device memory (kDLCUDA = 2, managed = 13)."""
-    try:
-        return int(x.__dlpack_device__()[0]) in (2, 13)
-    except (AttributeError, TypeError, ValueError):
-        return False

@@ -5,21 +5,28 @@ It refuses what CuPy 14 refuses, so a host/device mix-up fails here as it would 
 - Arrays are a type of their own (:class:`ndarray`, holding host memory that poses as device
   memory), not a NumPy subclass: ``numpy.asarray`` of one raises, as CuPy's implicit
   conversion does; a NumPy array passed to a ufunc, a reduction, an operator, ``copyto``,
-  ``matmul``, an index or a kernel raises ``TypeError: Unsupported type``; a ufunc needs a
-  device array among its arguments (Python scalars alone are refused).
+  ``matmul`` or a kernel raises ``TypeError: Unsupported type``. What CuPy 14.2 accepts is
+  accepted: Python scalars in ufuncs (a 0-d result), NumPy ufuncs and functions called on
+  device arrays (dispatched, ``__array_ufunc__``/``__array_function__``), lists and NumPy
+  integer arrays as indices (copied to the device).
 - ``RawModule`` kernels run in ``emulator.cpp`` (compiled with g++ on first use), which reads
   each argument as the type the kernel declares, as cuLaunchKernel does. Each argument is
   checked against the kernel's C signature, parsed from the source: a pointer takes a
-  C-contiguous device array of the pointee's type (or ``numpy.uint64(0)``, a null pointer),
-  a value parameter a NumPy scalar of exactly its type. CuPy marshals a Python float as a
-  double and a Python int as a 64-bit integer whatever the parameter says, so a Python scalar
-  is refused for every parameter.
+  C-contiguous device array of the pointee's type (or ``numpy.uint64(0)``, a null pointer);
+  a value parameter a NumPy scalar (or size-1 NumPy array, passed by value) of exactly its
+  type, or the Python scalar CuPy marshals to that type (an int for ``long long``, a float
+  for ``double``): CuPy passes a Python float as a double and a Python int as a 64-bit
+  integer whatever the parameter says, so a Python float for ``float`` or an int for
+  ``int`` is refused.
 - Stream capture records launches with their argument values; ``Graph.launch`` replays them.
-  During a capture, allocation, cuBLAS (``matmul``), host-device copies and synchronisation
-  raise, as CUDA refuses them; so does capture on the legacy (null) stream, and a launch on
-  the legacy stream while another stream captures. Array operations other than RawModule
-  kernels (ufuncs, ``copyto``, assignments) raise during a capture too: they would run eagerly
-  here instead of being recorded, which CUDA would not do.
+  During a capture these raise: cuBLAS (CuPy refuses it, cupy issue 6290), host-device copies
+  and synchronisation (CUDA refuses them on a capturing stream), capture on the legacy (null)
+  stream, a launch on the legacy stream while a blocking stream captures (the legacy stream
+  would synchronise with it). Allocation raises too, though CuPy's relaxed capture mode lets
+  it through: a buffer allocated during a capture returns to CuPy's pool and is reused while
+  the graph still writes to it, so it is always a bug in our code. Array operations other than
+  RawModule kernels (ufuncs, ``copyto``, assignments) raise during a capture: they would run
+  eagerly here instead of being recorded, which CUDA would not do.
 - ``cupy_backends.cuda.libs.cublas.setMathMode`` with the TF32 mode makes ``matmul`` round
   float32 inputs to TF32 (10 mantissa bits), so the TF32 path changes results as on a GPU.
 - ``cupyx.allow_synchronize(False)`` makes every synchronisation raise.
@@ -169,7 +176,22 @@ class ndarray:
     """A device array: host memory posing as GPU memory, never converted implicitly."""
 
     __slots__ = ("_a", "__weakref__")
-    __array_ufunc__ = None          # NumPy ufuncs and operators refuse it and defer to ours
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        """``numpy.isfinite(device_array)`` runs on the device, as CuPy dispatches it."""
+        if method != "__call__":
+            return NotImplemented
+        if out is not None:
+            kwargs["out"] = out[0] if isinstance(out, tuple) and len(out) == 1 else out
+        return _ufunc(ufunc)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        """``numpy.argmax(device_array)`` and the like run on the device, as CuPy dispatches
+        them; NumPy arrays among the arguments are refused."""
+        _no_capture(func.__name__)
+        values = [_operand(a) if isinstance(a, (ndarray, np.ndarray)) else a for a in args]
+        result = func(*values, **{k: _operand(v) if isinstance(v, (ndarray, np.ndarray))
+                                  else v for k, v in kwargs.items()})
+        return _new(result) if isinstance(result, (np.ndarray, np.generic)) else result
 
     def __init__(self, a: np.ndarray) -> None:
         if not isinstance(a, np.ndarray):
@@ -202,6 +224,12 @@ class ndarray:
         return {"shape": a.shape, "typestr": a.dtype.str, "version": 3,
                 "data": (a.__array_interface__["data"][0], False),
                 "strides": None if a.flags.c_contiguous else a.strides}
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        return self._a.__dlpack__()
+
+    def __dlpack_device__(self):
+        return (2, 0)                                # kDLCUDA, device 0
 
     def __len__(self) -> int:
         return len(self._a)
@@ -243,7 +271,11 @@ class ndarray:
 
     # shape and copies
     def reshape(self, *shape):
-        return ndarray(self._a.reshape(*shape))     # contiguous arrays: a view
+        a = self._a.reshape(*shape)
+        if np.may_share_memory(a, self._a) or a.size == 0:
+            return ndarray(a)                        # a view
+        _no_capture("a reshape that copies")
+        return _new(a)
 
     def ravel(self):
         return ndarray(self._a.ravel()) if self._a.flags.c_contiguous else _new(self._a.ravel())
@@ -271,8 +303,10 @@ class ndarray:
             if isinstance(k, ndarray):
                 advanced = True
                 out.append(k._a)
-            elif isinstance(k, (np.ndarray, list)):
-                raise _unsupported(k)
+            elif isinstance(k, (np.ndarray, list)):  # CuPy copies host indices to the device
+                _refuse_in_capture("a host-to-device copy of an index")
+                advanced = True
+                out.append(np.asarray(k))
             else:
                 out.append(k)
         if not advanced and Ellipsis not in out:
@@ -365,8 +399,6 @@ def _ufunc(fn):
     arrays, ``out`` (if given) a device array."""
     def call(*args, out=None, **kwargs):
         _no_capture(fn.__name__)
-        if not any(isinstance(a, ndarray) for a in args):
-            raise _unsupported(args[0] if args else None)
         values = [_operand(a) for a in args]
         if out is not None:
             if not isinstance(out, ndarray):
@@ -513,10 +545,15 @@ def _arg(kernel: str, param: tuple[str, str, bool], T: type, x):
     expected = np.dtype(T if ctype == "T" else _C_TYPES[ctype])
     where = f"{kernel}: parameter '{ctype}{' *' if pointer else ''} {name}'"
     if isinstance(x, np.ndarray):
-        raise TypeError(f"{where}: Unsupported type {type(x)} (a host array)")
+        if x.size != 1 or pointer:                       # CuPy passes size-1 by value
+            raise TypeError(f"{where}: Unsupported type {type(x)} (a host array)")
+        x = x.reshape(()).dtype.type(x.reshape(()).item()) if x.dtype == expected else x
     if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
-        raise TypeError(f"{where}: got a Python {type(x).__name__}, which CuPy marshals by "
-                        f"its own type; pass numpy.{expected.name}")
+        marshalled = {bool: np.bool_, int: np.int64, float: np.float64}[type(x)]
+        if pointer or np.dtype(marshalled) != expected:
+            raise TypeError(f"{where}: got a Python {type(x).__name__}, which CuPy passes as "
+                            f"{np.dtype(marshalled).name}; pass numpy.{expected.name}")
+        x = marshalled(x)
     if pointer:
         if isinstance(x, np.uint64) and x == 0:
             return ctypes.c_void_p(0)                            # a null pointer
@@ -527,7 +564,8 @@ def _arg(kernel: str, param: tuple[str, str, bool], T: type, x):
                             f"{x.dtype.name} (C-contiguous: {x.flags.c_contiguous})")
         return ctypes.c_void_p(x.data.ptr)
     if type(x) is not expected.type:
-        raise TypeError(f"{where}: expected numpy.{expected.name}, got {type(x).__name__}")
+        raise TypeError(f"{where}: expected numpy.{expected.name}, got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')}")
     return _CTYPES[expected](x.item())
 
 
@@ -555,9 +593,9 @@ class RawKernel:
             if stream is capturing:
                 launches.append(launch)              # a graph node: arguments by value
                 return
-            if stream.null:
+            if stream.null and not capturing.non_blocking:
                 raise CUDARuntimeError("cudaErrorStreamCaptureImplicit: a launch on the "
-                                       "legacy stream while another stream captures")
+                                       "legacy stream while a blocking stream captures")
         _run(launch)
 
 
@@ -608,6 +646,7 @@ class Event:
 class Stream:
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None) -> None:
         self.null = null
+        self.non_blocking = non_blocking
 
     def __enter__(self):
         _state.streams.append(self)
