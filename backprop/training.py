@@ -378,10 +378,11 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                                      "expected a positive finite number")
                 order = be.asarray(rng.permutation(n)) if shuffle else None
                 start = time.perf_counter()
-                total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
-                                  between_steps=interrupt.check)
-                seconds = time.perf_counter() - start
-                logs = _epoch_logs(net, total / n, lr, seconds, n, val, l1, l2)
+                with np.errstate(all="ignore"):      # non-finite values are caught below
+                    total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
+                                      between_steps=interrupt.check)
+                    seconds = time.perf_counter() - start
+                    logs = _epoch_logs(net, total / n, lr, seconds, n, val, l1, l2)
                 problem = _nonfinite(net, logs)
                 if problem:
                     last_finite.restore(net)
