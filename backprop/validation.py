@@ -51,13 +51,12 @@ def check_nonnegative_float(name: str, value: Any) -> float:
 
 def check_architecture(layer_sizes: list[int], activations: list[Activation], loss: Loss) -> None:
     """Refuse a network that cannot be trained exactly: a loss paired with an output it cannot
-    be computed from, or a softmax over a single unit (always 1, so it never learns)."""
-    for l, (n, activation) in enumerate(zip(layer_sizes[1:], activations)):
-        if activation.code == Code.SOFTMAX and n == 1:
-            raise ValueError(
-                f"activations: softmax over a single unit (layer {l + 1}) always outputs 1 and "
-                "cannot learn; for two classes use one sigmoid output with "
-                "loss='binary_cross_entropy' (or a softmax over two units)")
+    be computed from, or a softmax over a single output unit (always 1, so it never learns)."""
+    if activations[-1].code == Code.SOFTMAX and layer_sizes[-1] == 1:
+        raise ValueError(
+            "activations: a softmax over a single output unit always outputs 1 and cannot "
+            "learn; for two classes use one sigmoid output with loss='binary_cross_entropy' "
+            "(or a softmax over two output units)")
     loss.check_output(activations[-1])
 
 

@@ -104,8 +104,8 @@ def test_validation_data_errors_name_validation_data(backend):
 
 def test_softmax_over_one_unit_is_refused_with_the_fix():
     for args in [([3, 1], "softmax", "cross_entropy"), ([3, 1], "softmax", "mse"),
-                 ([3, 1, 2], ["softmax", "softmax"], "cross_entropy")]:
-        with pytest.raises(ValueError, match="softmax over a single unit.*sigmoid.*"
+                 ([3, 4, 1], ["relu", "softmax"], "mse")]:
+        with pytest.raises(ValueError, match="softmax over a single output unit.*sigmoid.*"
                                              "binary_cross_entropy"):
             Network(*args)
     Network([3, 2], "softmax", "cross_entropy")     # two units are fine

@@ -286,3 +286,44 @@ def test_fit_in_a_thread_installs_no_handler():
     thread.start()
     thread.join()
     assert not errors and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------------- the CuPy backend, emulated
+
+def test_cuda_state_and_resume_on_the_emulator(tmp_path, monkeypatch):
+    """The CuPy backend (on the CPU emulator of tests/emulator): dropout's device generator
+    [key, draws] is saved and restored, so a resumed fit (graphs with dropout) is bit-identical;
+    save/load and pickling carry the state."""
+    import pickle
+
+    import test_cupy_emulated as emulated
+    if emulated.fake_cupy.compiler() is None:
+        pytest.skip("g++ is needed to build the CUDA emulator")
+    import backprop.backends as backends
+    monkeypatch.setitem(sys.modules, "cupy", emulated.fake_cupy)
+    monkeypatch.setattr(backends, "_instances", {})
+    monkeypatch.setattr(backends, "is_installed", lambda name: name != "numba")
+    X, y = problem(n=100)
+
+    def net():
+        return backprop.Network([6, 12, 3], ["tanh", "softmax"], "cross_entropy",
+                                device="cuda", seed=0, dropout=0.3)
+    kw = dict(FIT, epochs=3, batch_size=32)
+    whole = net()
+    whole.fit(X, y, **kw)
+    path = tmp_path / "ckpt"
+    net().fit(X, y, checkpoint=path, **{**kw, "epochs": 2})
+    state = bstate.read(path)
+    assert state.header["generators"]["dropout"]["bit_generator"] == "backprop.cuda.counter"
+    assert state.header["generators"]["dropout"]["draws"] > 0
+    resumed = net()
+    resumed.fit(X, y, checkpoint=path, **kw)
+    assert_same_state(bstate.capture(resumed), bstate.capture(whole), skip=TIMES)
+    twin = pickle.loads(pickle.dumps(whole))
+    assert twin.device == "cuda:0"
+    assert_same_state(bstate.capture(twin), bstate.capture(whole))
+    whole.save(tmp_path / "m")
+    cpu = backprop.load(tmp_path / "m", device="cpu", backend="numpy")
+    for (W, b), (W1, b1) in zip(cpu.get_parameters(), whole.get_parameters()):
+        assert np.array_equal(W, W1) and np.array_equal(b, b1)
+    assert cpu.optimizer_.t == whole.optimizer_.t
