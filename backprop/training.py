@@ -3,7 +3,12 @@
 Each epoch draws a permutation of the samples (the seeds' ``shuffle(X, Y)``), cuts it into
 batches of ``batch_size`` (the last, partial batch included) and takes one optimizer step per
 batch. The loss of an epoch is the mean of the per-sample losses seen during its forward
-passes, read from the device once per epoch.
+passes, read from the device once per epoch, plus the penalty at the epoch's end.
+
+A step is the unit of consistency: Ctrl-C is deferred to the next step boundary
+(:class:`DeferredInterrupt`); an epoch that ends with a non-finite loss or parameter is rolled
+back to the last finite one (:class:`backprop.state.Snapshot`); with ``checkpoint=`` the
+training state is written at every epoch's end and a later fit resumes from it.
 """
 
 from __future__ import annotations
@@ -350,28 +355,13 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     batch_size = min(batch_size, n)
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
-        params = net.parameters()
-        if not opt.matches(params):
-            opt.reset(be, params)
-        net.optimizer_ = opt
-        be.seed(seed)
-        history = History()
-        if resume is not None:
-            _state.restore(net, resume, optimizer=opt)
-            history = net.history_ or history
-            rng = net._shuffle_rng or rng
-        net.history_, net._shuffle_rng = history, rng
-        for cb in callbacks:
-            if isinstance(cb, Callback):
-                cb.on_train_begin(net)
-        if callable(getattr(lr_schedule, "on_train_begin", None)):
-            lr_schedule.on_train_begin(net)
+        history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
         last_finite = _state.Snapshot(net)
         ended = history.stopped_early or history.diverged_epoch is not None
         if bar is not None and history.epochs:
             bar.update(history.epochs)
         try:
-            for epoch in range(history.epochs, 0 if ended else epochs):
+            for epoch in range(history.epochs, history.epochs if ended else epochs):
                 lr = learning_rate if lr_schedule is None else float(lr_schedule(epoch, learning_rate))
                 if not (math.isfinite(lr) and lr > 0):
                     raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
@@ -418,6 +408,31 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     if error is not None:
         raise error
     return history
+
+
+def _begin(net: "Network", opt: _optimizers.Optimizer, seed: int | None,
+           rng: np.random.Generator, resume: _state.TrainingState | None,
+           callbacks: list[Any], lr_schedule: Any) -> tuple[History, np.random.Generator]:
+    """The state a fit starts from: the optimizer's buffers ready and the generators seeded,
+    or everything loaded from the checkpoint ``resume``; callbacks and schedule reset.
+    Returns the History to extend and the shuffle generator."""
+    params = net.parameters()
+    if not opt.matches(params):
+        opt.reset(net.backend, params)
+    net.optimizer_ = opt
+    net.backend.seed(seed)
+    history = History()
+    if resume is not None:
+        _state.restore(net, resume, optimizer=opt)
+        history = net.history_ or history
+        rng = net._shuffle_rng or rng
+    net.history_, net._shuffle_rng = history, rng
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.on_train_begin(net)
+    if callable(getattr(lr_schedule, "on_train_begin", None)):
+        lr_schedule.on_train_begin(net)
+    return history, rng
 
 
 def _check_callbacks(callbacks: Any) -> list[Any]:
