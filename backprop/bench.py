@@ -346,12 +346,12 @@ def fit_above_floor(x: Sequence[float], t: Sequence[float], floor: float,
 COMPLEXITY_OPTIMIZER = "sgd"
 
 def overhead_floor(backend: str, repeat: int, min_time: float) -> dict[str, float]:
-    """Per-call cost with no arithmetic: forward, backward and train step of a 1-1-1 network,
+    """Per-call cost with no arithmetic: forward, backward and train step of a 1-1-2 network,
     batch 1, and an epoch of 1 sample."""
-    p = Prepared([1, 1, 1], 1, backend, optimizer=COMPLEXITY_OPTIMIZER)
+    p = Prepared([1, 1, 2], 1, backend, optimizer=COMPLEXITY_OPTIMIZER)
     out = {op: measure(getattr(p, op), repeat, min_time, p.sync)
            for op in ("forward", "backward", "train_step")}
-    out["epoch"] = time_epoch([1, 1, 1], 1, 1, backend, repeat, min_time, COMPLEXITY_OPTIMIZER)
+    out["epoch"] = time_epoch([1, 1, 2], 1, 1, backend, repeat, min_time, COMPLEXITY_OPTIMIZER)
     return out
 
 
@@ -674,7 +674,7 @@ def complexity(cfg: dict, backends: Sequence[str], log: Callable[[str], None]) -
     result: dict[str, Any] = {}
     for backend in backends:
         floor = overhead_floor(backend, rep, mt)
-        log(f"complexity on {backend}: per-call floor (1-1-1 network) "
+        log(f"complexity on {backend}: per-call floor (1-1-2 network) "
             + ", ".join(f"{k} {v * 1e6:.1f} µs" for k, v in floor.items()))
         sN = sweep_N(cfg["n_sweep"], backend, floor, rep, mt)
         log("  N sweep done")

@@ -140,7 +140,7 @@ def _complexity_section(report: dict[str, Any]) -> list[str]:
         fits_from = ", ".join(f"{op} N ≥ {f['fit_from']:,}" for op, f in sN["fits"].items())
         lines += ["", f"Fit ranges in N: {fits_from}. In W (width): " + ", ".join(
             f"{op} W ≥ {f['fit_from']:,}" for op, f in sw["fits"].items()) + ".", "",
-            "Per-call floor (1-1-1 network, batch 1): " + ", ".join(
+            "Per-call floor (1-1-2 network, batch 1): " + ", ".join(
                 f"{op} {t * 1e6:.1f} µs" for op, t in c["floor"].items()) + ".", ""]
         lines += ["Backward / forward time (expected near 2; the FLOP ratio is "
                   "2 − n_0·n_1/W, lower for few layers of which the first is large):", "",
@@ -220,7 +220,7 @@ def _panel(ax: Any, s: dict[str, Any], floor: dict[str, float], xlabel: str, tit
                 label=f"{label}: slope {fit['exponent']:.2f} ± "
                       f"{(fit['ci_high'] - fit['ci_low']) / 2:.2f}")
     ax.axhline(floor["train_step"], color="gray", ls=":", lw=1)
-    ax.text(s["x"][0], floor["train_step"] * 1.15, "per-call floor: train step of a 1-1-1 net",
+    ax.text(s["x"][0], floor["train_step"] * 1.15, "per-call floor: train step of a 1-1-2 net",
             fontsize=7, color="gray")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -17,9 +17,10 @@ from . import activations as _activations
 from . import init as _init
 from . import losses as _losses
 from . import optimizers as _optimizers
+from . import state as _state
 from .backends import get_backend, to_numpy
 from .backends.base import Array, Backend
-from .validation import check_dtype, check_X, check_Y
+from .validation import check_architecture, check_dtype, check_X, check_Y
 
 if TYPE_CHECKING:
     from .training import Callback, History
@@ -96,12 +97,15 @@ class Network:
         self.layer_sizes = sizes
         self.activations = _per_layer("activations", activations, n_layers, _activations.get)
         self.loss_function = _losses.get(loss)
-        self.loss_function.check_output(self.activations[-1])
+        check_architecture(sizes, self.activations, self.loss_function)
         self.dtype = check_dtype(dtype)
         inits = _per_layer("init", init, n_layers, lambda s: None if s is None else _init.get(s))
         self.dropout = _check_dropout(dropout, n_layers - 1)
         self.backend = get_backend(device, backend)
         self.optimizer_: _optimizers.Optimizer | None = None
+        #: the History of the last fit (a resumed fit's includes the epochs before the resume)
+        self.history_: History | None = None
+        self._shuffle_rng: np.random.Generator | None = None   # the last fit's shuffle order
         self._workspaces: dict[tuple[int, bool], Workspace] = {}
         self._grads: list[tuple[Array, Array]] | None = None
 
@@ -160,7 +164,8 @@ class Network:
                 for W, b in zip(self.W, self.b)]
 
     def set_parameters(self, pairs: Sequence[tuple[Any, Any]]) -> None:
-        """Copy in ``(W, b)`` per layer from arrays of any backend; validated before any write."""
+        """Copy in ``(W, b)`` per layer from arrays of any backend; validated before any write
+        (shapes; ValueError for NaN, Inf, or values outside the range of the network's dtype)."""
         if len(pairs) != self.n_layers:
             raise ValueError(f"parameters: expected {self.n_layers} (W, b) pairs, got {len(pairs)}")
         host = []
@@ -174,6 +179,11 @@ class Network:
                                  f"and b of shape {(n_out,)}, got {W.shape} and {b.shape}")
             if not (np.isfinite(W).all() and np.isfinite(b).all()):
                 raise ValueError(f"parameters: layer {l + 1} contains NaN or Inf")
+            biggest = max(np.abs(W).max(initial=0), np.abs(b).max(initial=0))
+            with np.errstate(over="ignore"):
+                if not np.isfinite(self.dtype.type(biggest)):
+                    raise ValueError(f"parameters: layer {l + 1} has values outside the range of "
+                                     f"{self.dtype.name} (largest magnitude {biggest:.4g})")
             host.append((W, b))
         for l, (W, b) in enumerate(host):
             self.backend.copy(self.backend.asarray(W, self.dtype), self.W[l])
@@ -197,29 +207,28 @@ class Network:
         return self
 
     def save(self, path: str | Path) -> None:
-        """Save architecture and parameters to a ``.npz`` file (loads on any device)."""
-        arrays = {}
-        for l, (W, b) in enumerate(self.get_parameters()):
-            arrays[f"W{l + 1}"], arrays[f"b{l + 1}"] = W, b
-        config = dict(layer_sizes=self.layer_sizes, loss=self.loss_function.name,
-                      activations=[(a.name, a.alpha) for a in self.activations],
-                      dtype=self.dtype.name, dropout=list(self.dropout))
-        np.savez(path, config=np.array(repr(config)), **arrays)
+        """Write the whole training state to exactly ``path`` (see :mod:`backprop.state`):
+        architecture, parameters, optimizer state, generators and history, atomically (the
+        previous file stays intact if writing fails). ValueError for a non-finite network."""
+        _state.write(path, _state.capture(self))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu",
              backend: str | None = None) -> "Network":
-        """A network saved with :meth:`save`, on ``device``."""
-        import ast
-        with np.load(path, allow_pickle=False) as data:
-            config = ast.literal_eval(str(data["config"]))
-            acts = [_activations.ACTIVATIONS[name](alpha) if alpha else
-                    _activations.ACTIVATIONS[name]() for name, alpha in config["activations"]]
-            net = cls(config["layer_sizes"], acts, config["loss"], device=device,
-                      backend=backend, dtype=config["dtype"], dropout=config["dropout"])
-            net.set_parameters([(data[f"W{l}"], data[f"b{l}"])
-                                for l in range(1, net.n_layers + 1)])
-        return net
+        """The network saved at ``path`` by :meth:`save`, on ``device``, with its optimizer
+        (``optimizer_``), history (``history_``) and generators; the file is checked whole
+        first (ValueError naming the problem)."""
+        return _state.build(_state.read(path), device, backend)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled: the training state and the device, no workspace or scratch buffer."""
+        state = _state.capture(self)
+        return {"device": self.device, "backend": self.backend.name,
+                "header": state.header, "arrays": state.arrays}
+
+    def __setstate__(self, pickled: dict[str, Any]) -> None:
+        state = _state.check(_state.TrainingState(pickled["header"], pickled["arrays"]), "pickle")
+        _state.build(state, pickled["device"], pickled["backend"], net=self)
 
     # ------------------------------------------------------------------ workspaces
 
@@ -337,10 +346,11 @@ class Network:
             return (y[:, 0] >= 0.5).astype(np.int64)
         return np.argmax(y, axis=1)
 
-    def _prepare(self, X: Any, Y: Any) -> tuple[Array, Array]:
-        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
+    def _prepare(self, X: Any, Y: Any, names: tuple[str, str] = ("X", "Y")) -> tuple[Array, Array]:
+        """X and Y checked and on the device; errors name them as ``names``."""
+        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype, name=names[0])
         Y = check_Y(self.backend, Y, X.shape[0], self.layer_sizes[-1], self.loss_function,
-                    self.dtype)
+                    self.dtype, name=names[1], x_name=names[0])
         return X, Y
 
     def loss(self, X: Any, Y: Any) -> float:
@@ -397,13 +407,15 @@ class Network:
             seed: int | None = None, validation_data: tuple[Any, Any] | None = None,
             l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
-            verbose: bool | str = False) -> "History":
+            verbose: bool | str = False, checkpoint: str | Path | None = None,
+            on_nonfinite: str = "warn") -> "History":
         """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`."""
         from .training import fit
         return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
                    learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle, seed=seed,
                    validation_data=validation_data, l1=l1, l2=l2, clip_norm=clip_norm,
-                   lr_schedule=lr_schedule, callbacks=callbacks, verbose=verbose)
+                   lr_schedule=lr_schedule, callbacks=callbacks, verbose=verbose,
+                   checkpoint=checkpoint, on_nonfinite=on_nonfinite)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -65,6 +65,8 @@ class Optimizer:
 
     kind: int = SGD_KIND
     n_state: int = 0   # state buffers per parameter
+    #: the names of those buffers (``state[i][k]`` is buffer ``state_names[k]`` of parameter i)
+    state_names: tuple[str, ...] = ()
     name: str = "sgd"
 
     def __init__(self) -> None:
@@ -73,6 +75,10 @@ class Optimizer:
 
     def _rule(self, learning_rate: float, **kw: Any) -> UpdateRule:
         return UpdateRule(self.kind, learning_rate, **kw)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this optimizer: ``OPTIMIZERS[name](**h)``."""
+        return {}
 
     def reset(self, backend: Any, params: list[Any]) -> None:
         """Allocate zeroed state on ``backend`` for ``params`` (flat list of arrays)."""
@@ -113,11 +119,15 @@ class Momentum(Optimizer):
     """Heavy-ball momentum (PyTorch's convention): v ← μ v + g; p ← p - η v."""
 
     kind, n_state, name = MOMENTUM_KIND, 1, "momentum"
+    state_names = ("v",)
 
     def __init__(self, momentum: float = 0.9, nesterov: bool = False) -> None:
         super().__init__()
         self.momentum = _check_unit("momentum", momentum)
         self.nesterov = bool(nesterov)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def _rule(self, learning_rate: float, **kw: Any) -> UpdateRule:
         return UpdateRule(self.kind, learning_rate, momentum=self.momentum,
@@ -135,16 +145,23 @@ class Nesterov(Momentum):
     def __init__(self, momentum: float = 0.9) -> None:
         super().__init__(momentum, nesterov=True)
 
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"momentum": self.momentum}
+
 
 class RMSProp(Optimizer):
     """s ← ρ s + (1 - ρ) g²; p ← p - η g / (√s + ε)."""
 
     kind, n_state, name = RMSPROP_KIND, 1, "rmsprop"
+    state_names = ("s",)
 
     def __init__(self, rho: float = 0.9, eps: float = 1e-8) -> None:
         super().__init__()
         self.rho = _check_unit("rho", rho, low_open=True)
         self.eps = _check_positive("eps", eps)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"rho": self.rho, "eps": self.eps}
 
     def _rule(self, learning_rate: float, **kw: Any) -> UpdateRule:
         return UpdateRule(self.kind, learning_rate, beta2=self.rho, eps=self.eps, **kw)
@@ -157,6 +174,7 @@ class Adam(Optimizer):
     """Adam with bias correction; ``weight_decay`` > 0 gives AdamW's decoupled decay."""
 
     kind, n_state, name = ADAM_KIND, 2, "adam"
+    state_names = ("m", "v")
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
@@ -168,6 +186,10 @@ class Adam(Optimizer):
                 and weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self.weight_decay}
 
     def _rule(self, learning_rate: float, **kw: Any) -> UpdateRule:
         return UpdateRule(self.kind, learning_rate, beta1=self.beta1, beta2=self.beta2,

@@ -3,13 +3,21 @@
 Each epoch draws a permutation of the samples (the seeds' ``shuffle(X, Y)``), cuts it into
 batches of ``batch_size`` (the last, partial batch included) and takes one optimizer step per
 batch. The loss of an epoch is the mean of the per-sample losses seen during its forward
-passes, read from the device once per epoch.
+passes, read from the device once per epoch, plus the penalty at the epoch's end.
+
+A step is the unit of consistency: Ctrl-C is deferred to the next step boundary
+(:class:`DeferredInterrupt`); an epoch that ends with a non-finite loss or parameter is rolled
+back to the last finite one (:class:`backprop.state.Snapshot`); with ``checkpoint=`` the
+training state is written at every epoch's end and a later fit resumes from it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -17,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from . import optimizers as _optimizers
+from . import state as _state
 from .validation import check_nonnegative_float, check_positive_float, check_positive_int
 
 if TYPE_CHECKING:
@@ -24,20 +33,32 @@ if TYPE_CHECKING:
 
 
 class History:
-    """Per-epoch metrics of a :func:`fit`: ``history["loss"][k]`` is epoch k's mean loss.
+    """Per-epoch metrics of a :func:`fit`: ``history["loss"][k]`` is epoch k's loss.
 
-    Keys: ``loss``, ``learning_rate``, ``time`` (seconds), ``samples_per_second``, and with
-    validation data ``val_loss`` (and ``val_accuracy`` for classification).
+    Keys: ``loss`` (what is minimised: the mean data loss over the epoch's steps plus the
+    penalty l1 Σ|W| + l2 Σ W² at the parameters the epoch ends with), ``data_loss`` (the mean
+    data loss alone, when l1 or l2 is set), ``learning_rate``, ``time`` (seconds),
+    ``samples_per_second``; with validation data ``val_loss`` (the validation data loss at the
+    end of the epoch plus the same penalty), ``val_data_loss`` (with a penalty) and
+    ``val_accuracy`` (classification). ``epochs`` counts the epochs recorded, every key has one
+    value per epoch; ``stopped_early`` says a callback stopped training; ``diverged_epoch`` is
+    the epoch whose loss or parameters were not finite (its values are not recorded, and the
+    network was rolled back to the epoch before), else None.
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epochs = 0
         self.stopped_early = False
+        self.diverged_epoch: int | None = None
 
     def append(self, logs: dict[str, float]) -> None:
+        """Record one epoch; every epoch logs the same keys."""
+        if self.epochs and set(logs) != set(self.history):
+            raise ValueError(f"History: epoch {self.epochs} logs {sorted(logs)}, the epochs "
+                             f"before logged {sorted(self.history)}")
         for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
+            self.history.setdefault(key, []).append(float(value))
         self.epochs += 1
 
     def __getitem__(self, key: str) -> list[float]:
@@ -55,15 +76,31 @@ class History:
 
 
 class Callback:
-    """Hooks called by :func:`fit`. Return True from a hook to stop training."""
+    """Hooks called by :func:`fit`. Return True from :meth:`on_epoch_end` to stop training.
+
+    :meth:`on_train_begin` is called at the start of every fit: a callback that keeps state
+    resets it there, so one instance can serve many fits and networks. :meth:`on_train_end`
+    is called however training ends (all epochs, a stop, divergence, KeyboardInterrupt).
+    """
+
+    def on_train_begin(self, network: "Network") -> None:
+        return None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], network: "Network") -> bool | None:
         return None
 
+    def on_train_end(self, network: "Network", history: History) -> None:
+        return None
+
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; with
-    ``restore_best`` the parameters of the best epoch are put back."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    ``best`` is the best value seen, in the monitored quantity's own sign (the largest
+    accuracy, the smallest loss), at epoch ``best_epoch``. With ``restore_best`` the training
+    state of that epoch (parameters, optimizer buffers and step count) is put back at the end
+    of training, whatever ended it (scikit-learn's choice). State is reset at every fit.
+    """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
                  restore_best: bool = True) -> None:
@@ -71,26 +108,32 @@ class EarlyStopping(Callback):
         self.patience = check_positive_int("patience", patience)
         self.min_delta = check_nonnegative_float("min_delta", min_delta)
         self.restore_best = restore_best
-        self.best = math.inf
-        self.best_epoch = -1
-        self._best_parameters: Any = None
         self._sign = -1.0 if monitor.endswith("accuracy") else 1.0   # accuracy: larger is better
+        self.on_train_begin(None)
+
+    def on_train_begin(self, network: "Network | None") -> None:
+        self.best = self._sign * math.inf
+        self.best_epoch = -1
+        self._snapshot: _state.Snapshot | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float], network: "Network") -> bool:
         if self.monitor not in logs:
             raise KeyError(f"EarlyStopping: monitor {self.monitor!r} is not among the logged "
                            f"metrics {sorted(logs)}; pass validation_data to fit for val_*")
-        value = self._sign * logs[self.monitor]
-        if value < self.best - self.min_delta:
+        value = logs[self.monitor]
+        if self._sign * value < self._sign * self.best - self.min_delta:
             self.best, self.best_epoch = value, epoch
             if self.restore_best:
-                self._best_parameters = network.get_parameters()
+                if self._snapshot is None:
+                    self._snapshot = _state.Snapshot(network)
+                else:
+                    self._snapshot.take(network)
             return False
-        if epoch - self.best_epoch >= self.patience:
-            if self.restore_best and self._best_parameters is not None:
-                network.set_parameters(self._best_parameters)
-            return True
-        return False
+        return epoch - self.best_epoch >= self.patience
+
+    def on_train_end(self, network: "Network", history: History) -> None:
+        if self._snapshot is not None:
+            self._snapshot.restore(network)
 
 
 # ---------------------------------------------------------------- learning-rate schedules
@@ -142,9 +185,14 @@ class CosineDecay:
 
 def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               optimizer: _optimizers.Optimizer, learning_rate: float, l1: float = 0.0,
-              l2: float = 0.0, clip_norm: float | None = None) -> float:
+              l2: float = 0.0, clip_norm: float | None = None,
+              between_steps: Callable[[], None] | None = None) -> float:
     """One epoch of steps over device arrays X, Y in ``order`` (device int64 array, or None
-    for the stored order). Returns the summed per-sample loss (one read from the device)."""
+    for the stored order). Returns the summed per-sample loss (one read from the device).
+
+    ``between_steps`` is called after every step the Python loop takes (after the whole epoch
+    when a backend runs it in one call): :func:`fit` delivers a deferred Ctrl-C there.
+    """
     be = net.backend
     n = X.shape[0]
     full = net.workspace(batch_size)
@@ -164,7 +212,51 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
                 be.take_rows(Y, order[start:stop], ws.Y)
                 Xb, Yb = ws.X, ws.Y
             net.train_step(ws, Xb, Yb, optimizer, learning_rate, l1, l2, clip_norm)
+            if between_steps is not None:
+                between_steps()
     return sum(float(be.to_numpy(ws.total)[0]) for ws in spaces)
+
+
+class DeferredInterrupt:
+    """Ctrl-C during :func:`fit` takes effect at the next step boundary, never inside a step.
+
+    In the main thread, while the SIGINT handler is a Python one (``default_int_handler`` or
+    the user's), it is replaced by one that only records the signal; :meth:`check`, called
+    between steps and epochs, then runs the previous handler (which raises KeyboardInterrupt),
+    and leaving the context restores it (and runs it for a signal recorded after the last
+    check). A compiled epoch (numba's fused one, CUDA graph replays) is not interrupted: Python
+    runs handlers only between bytecodes, so the signal is recorded after it returns, with
+    ``optimizer.t`` and every parameter at the epoch's end. Outside the main thread no signal
+    arrives (Python delivers them to the main thread) and nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self._previous: Callable[..., Any] | None = None
+        self._pending: tuple[int, Any] | None = None
+
+    def __enter__(self) -> "DeferredInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                signal.signal(signal.SIGINT, self._record)
+                self._previous = previous
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self._pending = (signum, frame)
+
+    def check(self) -> None:
+        """Deliver a recorded interrupt now (the previous handler's action)."""
+        if self._pending is not None and self._previous is not None:
+            signum, frame = self._pending
+            self._pending = None
+            self._previous(signum, frame)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            if exc[0] is None:
+                self.check()
 
 
 def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learning_rate: float,
@@ -173,14 +265,15 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
         lr_schedule: Callable[[int, float], float] | None = None,
         callbacks: Sequence[Callback | Callable[..., Any]] = (),
-        verbose: bool | str = False) -> History:
+        verbose: bool | str = False, checkpoint: str | os.PathLike[str] | None = None,
+        on_nonfinite: str = "warn") -> History:
     """Train ``net`` by mini-batch gradient descent and return the :class:`History`.
 
     Parameters
     ----------
     X, Y : arrays
         Samples (N, n_input) and targets (N, n_output), or integer class labels (N,) for
-        cross_entropy; host or device arrays of any numeric dtype.
+        cross_entropy; host or device arrays, or pandas objects, of any numeric dtype.
     epochs, batch_size : int
         Passes over the data, and samples per step (the last batch may be smaller).
     learning_rate : float
@@ -193,13 +286,36 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     validation_data : (X_val, Y_val), optional
         Evaluated after each epoch: ``val_loss`` and, for classification, ``val_accuracy``.
     l1, l2 : float
-        Regularization: the loss gains l1 Σ|W| + l2 Σ W² (weights only, not biases).
+        Regularization: the loss minimised (and reported) is the data loss plus
+        l1 Σ|W| + l2 Σ W² (weights only, not biases); see :class:`History`.
     clip_norm : float, optional
         Clip the gradient to this global L2 norm before each update.
+    lr_schedule : callable, optional
+        ``f(epoch, learning_rate) -> learning_rate``; one with state may define
+        ``on_train_begin(network)``, called at the start of every fit.
     callbacks : sequence
         :class:`Callback` instances, or callables ``f(epoch, logs)``; a True result stops.
     verbose : bool or "progress"
         Print one line per epoch, or show a tqdm progress bar.
+    checkpoint : path, optional
+        Write the training state (:mod:`backprop.state`) to this file, atomically, at the end
+        of every epoch. When the file already holds a state of this architecture, training
+        resumes from it: parameters, optimizer, generators and history are loaded and
+        ``epochs`` counts the total, so the same call after an interruption finishes the
+        run, bit-identical to an uninterrupted one (callbacks start afresh). A state whose fit
+        ended (all epochs, a stop, divergence) trains no further.
+    on_nonfinite : "warn" or "raise"
+        When an epoch's loss or the parameters are not finite, training stops and the
+        parameters and optimizer state of the last finite epoch are restored; then a
+        RuntimeWarning is issued (``"warn"``) or FloatingPointError raised (``"raise"``).
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad arguments, named, before any work. ``checkpoint`` holding another network's state.
+    KeyboardInterrupt
+        Re-raised after a Ctrl-C, which takes effect between two steps: every parameter and
+        ``optimizer.t`` agree, and ``net.history_`` keeps the epochs completed.
     """
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -213,54 +329,223 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                         f"got {lr_schedule!r}")
     if verbose not in (False, True, 0, 1, "progress"):
         raise ValueError(f"verbose: expected True, False or 'progress', got {verbose!r}")
+    if on_nonfinite not in ("warn", "raise"):
+        raise ValueError(f"on_nonfinite: expected 'warn' or 'raise', got {on_nonfinite!r}")
+    callbacks = _check_callbacks(callbacks)
+    try:
+        rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"seed: expected None or a non-negative integer, got {seed!r} ({e})") from None
+    path = _check_checkpoint(checkpoint)
     opt = _optimizers.get(optimizer)
     X, Y = net._prepare(X, Y)
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data: expected a pair (X_val, Y_val)")
-        val = (net._prepare(validation_data[0], validation_data[1]))
+        val = net._prepare(validation_data[0], validation_data[1],
+                           names=("validation_data[0]", "validation_data[1]"))
+    penalized = bool(l1 or l2)
+    keys = _logged_keys(penalized, val is not None, net.loss_function.classification)
+    resume = _resume_point(path, net, opt, keys) if path and os.path.exists(path) else None
     bar = _progress_bar(epochs) if verbose == "progress" else None
 
+    be = net.backend
+    n = X.shape[0]
+    batch_size = min(batch_size, n)
+    error: Exception | None = None
+    with DeferredInterrupt() as interrupt:
+        history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
+        last_finite = _state.Snapshot(net)
+        ended = history.stopped_early or history.diverged_epoch is not None
+        if bar is not None and history.epochs:
+            bar.update(history.epochs)
+        try:
+            for epoch in range(history.epochs, history.epochs if ended else epochs):
+                lr = learning_rate if lr_schedule is None else float(lr_schedule(epoch, learning_rate))
+                if not (math.isfinite(lr) and lr > 0):
+                    raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
+                                     "expected a positive finite number")
+                order = be.asarray(rng.permutation(n)) if shuffle else None
+                start = time.perf_counter()
+                with np.errstate(all="ignore"):      # non-finite values are caught below
+                    total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
+                                      between_steps=interrupt.check)
+                    seconds = time.perf_counter() - start
+                    logs = _epoch_logs(net, total / n, lr, seconds, n, val, l1, l2)
+                problem = _nonfinite(net, logs)
+                if problem:
+                    last_finite.restore(net)
+                    history.diverged_epoch = epoch
+                    message = _divergence_message(epoch, problem)
+                    if on_nonfinite == "raise":
+                        error = FloatingPointError(message)
+                    else:
+                        warnings.warn(message, RuntimeWarning, stacklevel=3)
+                    break
+                history.append(logs)
+                last_finite.take(net)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{logs['loss']:.4g}")
+                    bar.update(1)
+                elif verbose:
+                    print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
+                history.stopped_early = any(_call(cb, epoch, logs, net) for cb in callbacks)
+                if path and not history.stopped_early:
+                    _state.write(path, _state.capture(net))
+                if history.stopped_early:
+                    break
+                interrupt.check()
+        except KeyboardInterrupt:
+            _train_end(callbacks, net, history)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        _train_end(callbacks, net, history)
+        if path:        # the final state: after a stop, a rollback or a restored best epoch
+            _state.write(path, _state.capture(net))
+    if error is not None:
+        raise error
+    return history
+
+
+def _begin(net: "Network", opt: _optimizers.Optimizer, seed: int | None,
+           rng: np.random.Generator, resume: _state.TrainingState | None,
+           callbacks: list[Any], lr_schedule: Any) -> tuple[History, np.random.Generator]:
+    """The state a fit starts from: the optimizer's buffers ready and the generators seeded,
+    or everything loaded from the checkpoint ``resume``; callbacks and schedule reset.
+    Returns the History to extend and the shuffle generator."""
     params = net.parameters()
     if not opt.matches(params):
         opt.reset(net.backend, params)
     net.optimizer_ = opt
-    be = net.backend
-    be.seed(seed)
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
-    batch_size = min(batch_size, n)
+    net.backend.seed(seed)
     history = History()
-    for epoch in range(epochs):
-        lr = learning_rate if lr_schedule is None else float(lr_schedule(epoch, learning_rate))
-        if not (math.isfinite(lr) and lr > 0):
-            raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
-                             "expected a positive finite number")
-        order = be.asarray(rng.permutation(n)) if shuffle else None
-        start = time.perf_counter()
-        total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm)
-        seconds = time.perf_counter() - start
-        logs = {"loss": total / n, "learning_rate": lr, "time": seconds,
-                "samples_per_second": n / seconds if seconds > 0 else math.inf}
-        if val is not None:
-            logs.update({f"val_{k}": v for k, v in net._evaluate(*val).items()})
-        history.append(logs)
-        if bar is not None:
-            bar.set_postfix(loss=f"{logs['loss']:.4g}")
-            bar.update(1)
-        elif verbose:
-            print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
-        if not math.isfinite(logs["loss"]):
-            warnings.warn(f"training diverged at epoch {epoch}: the loss is {logs['loss']}; "
-                          "lower the learning rate or pass clip_norm", RuntimeWarning, stacklevel=3)
-            break
-        if any(_call(cb, epoch, logs, net) for cb in list(callbacks)):
-            history.stopped_early = True
-            break
-    if bar is not None:
-        bar.close()
-    return history
+    if resume is not None:
+        _state.restore(net, resume, optimizer=opt)
+        history = net.history_ or history
+        rng = net._shuffle_rng or rng
+    net.history_, net._shuffle_rng = history, rng
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.on_train_begin(net)
+    if callable(getattr(lr_schedule, "on_train_begin", None)):
+        lr_schedule.on_train_begin(net)
+    return history, rng
+
+
+def _check_callbacks(callbacks: Any) -> list[Any]:
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or callable(callbacks):
+        raise TypeError(f"callbacks: expected a sequence of callbacks, got the single "
+                        f"{callbacks!r}; pass [{type(callbacks).__name__}(...)]")
+    try:
+        items = list(callbacks)
+    except TypeError:
+        raise TypeError(f"callbacks: expected a sequence of Callback instances or callables "
+                        f"f(epoch, logs), got {callbacks!r}") from None
+    for i, cb in enumerate(items):
+        if not (isinstance(cb, Callback) or callable(cb)):
+            raise TypeError(f"callbacks: item {i} is {cb!r}, not a Callback or a callable "
+                            "f(epoch, logs)")
+    return items
+
+
+def _check_checkpoint(checkpoint: Any) -> str | None:
+    if checkpoint is None:
+        return None
+    try:
+        path = os.fspath(checkpoint)
+    except TypeError:
+        raise TypeError(f"checkpoint: expected a file path, got {checkpoint!r}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path")
+    return path
+
+
+def _resume_point(path: str, net: "Network", opt: _optimizers.Optimizer,
+                  keys: list[str]) -> _state.TrainingState:
+    """The state in ``path``, checked against this call before anything changes."""
+    try:
+        state = _state.read(path)
+    except ValueError as e:
+        raise ValueError(f"checkpoint: {e}") from None
+    theirs, ours = state.header["architecture"], _state.architecture(net)
+    if theirs != ours:
+        raise ValueError(f"checkpoint: {path!r} holds a network of another architecture "
+                         f"({theirs}), not this one ({ours}); pass another path or remove it")
+    spec = state.header["optimizer"]
+    if spec is not None and (spec["name"], spec["hyperparameters"]) != (opt.name,
+                                                                       opt.hyperparameters()):
+        raise ValueError(f"checkpoint: {path!r} was trained with {spec['name']} "
+                         f"{spec['hyperparameters']}, this call uses {opt.name} "
+                         f"{opt.hyperparameters()}; resume with the same optimizer")
+    training = state.header["training"]
+    if training is not None and training["epochs"] and training["keys"] != keys:
+        raise ValueError(f"checkpoint: {path!r} was written by a fit that logged "
+                         f"{training['keys']}, this call logs {keys} (validation_data, l1 or l2 "
+                         "differ); resume with the same call")
+    return state
+
+
+def _logged_keys(penalized: bool, validation: bool, classification: bool) -> list[str]:
+    """The keys every epoch logs, in order (see :class:`History`)."""
+    keys = ["loss"] + (["data_loss"] if penalized else [])
+    keys += ["learning_rate", "time", "samples_per_second"]
+    if validation:
+        keys += ["val_loss"] + (["val_data_loss"] if penalized else [])
+        keys += ["val_accuracy"] if classification else []
+    return keys
+
+
+def _epoch_logs(net: "Network", data_loss: float, lr: float, seconds: float, n: int,
+                val: tuple[Any, Any] | None, l1: float, l2: float) -> dict[str, float]:
+    """The metrics of an epoch, in :func:`_logged_keys` order."""
+    penalty = net.backend.penalty(net.W, l1, l2) if (l1 or l2) else 0.0
+    logs = {"loss": data_loss + penalty}
+    if l1 or l2:
+        logs["data_loss"] = data_loss
+    logs.update(learning_rate=lr, time=seconds, samples_per_second=n / max(seconds, 1e-9))
+    if val is not None:
+        result = net._evaluate(*val)
+        logs["val_loss"] = result["loss"] + penalty
+        if l1 or l2:
+            logs["val_data_loss"] = result["loss"]
+        if "accuracy" in result:
+            logs["val_accuracy"] = result["accuracy"]
+    return logs
+
+
+def _nonfinite(net: "Network", logs: dict[str, float]) -> str:
+    """What is not finite after an epoch (a logged number, a parameter), or ""."""
+    for key, value in logs.items():
+        if not math.isfinite(value):
+            return f"{key} is {value}"
+    for name, p in zip(_state.parameter_names(net.n_layers), net.parameters()):
+        if not net.backend.all_finite(p):
+            return f"{name} holds NaN or Inf"
+    return ""
+
+
+def _divergence_message(epoch: int, problem: str) -> str:
+    where = f"epoch {epoch - 1}, the last finite one," if epoch else "the start of training"
+    return (f"training diverged at epoch {epoch}: {problem}. The parameters and optimizer "
+            f"state of {where} are restored. Remedies: a lower learning_rate, gradient "
+            "clipping (clip_norm), or an initialisation and input scaling that keep the "
+            "activations small")
+
+
+def _train_end(callbacks: list[Any], net: "Network", history: History) -> None:
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.on_train_end(net, history)
 
 
 def _call(cb: Any, epoch: int, logs: dict[str, float], net: "Network") -> bool:

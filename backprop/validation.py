@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .activations import Activation, Code
 from .backends import is_cuda_array, to_numpy
 from .backends.base import Backend
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, Loss
@@ -49,20 +50,69 @@ def check_nonnegative_float(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_architecture(layer_sizes: list[int], activations: list[Activation], loss: Loss) -> None:
+    """Refuse a network that cannot be trained exactly: a loss paired with an output it cannot
+    be computed from, or a softmax over a single output unit (always 1, so it never learns)."""
+    if activations[-1].code == Code.SOFTMAX and layer_sizes[-1] == 1:
+        raise ValueError(
+            "activations: a softmax over a single output unit always outputs 1 and cannot "
+            "learn; for two classes use one sigmoid output with loss='binary_cross_entropy' "
+            "(or a softmax over two output units)")
+    loss.check_output(activations[-1])
+
+
 def _as_numeric(backend: Backend, x: Any, name: str) -> Any:
-    """``x`` as an array of the backend (host input stays on the host until cast)."""
+    """``x`` as an array of the backend (host input stays on the host until cast).
+
+    A pandas object converts with its own ``to_numpy(dtype=float, na_value=nan)`` (nullable
+    and extension dtypes included; NA becomes NaN, refused later); an object array of numbers
+    converts to float64.
+    """
     if not backend.is_native(x):
         if is_cuda_array(x):            # foreign CUDA array: used there, or copied to the host
             x = backend.asarray(x) if backend.device.startswith("cuda") else to_numpy(x)
         else:
             try:
-                x = np.asarray(x)
+                x = _host_array(x)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"{name}: expected a numeric array, got {type(x).__name__}: {e}") from None
     kind = np.dtype(x.dtype).kind
+    if kind == "O":
+        try:
+            x = x.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name}: expected a numeric array, got dtype object with a "
+                            f"non-number: {e}") from None
+        kind = "f"
     if kind not in "biuf":
         raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
     return x
+
+
+def _host_array(x: Any) -> np.ndarray:
+    """A NumPy array from a host array-like; pandas' ``to_numpy`` where it takes NA."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "to_numpy"):
+        try:
+            return np.asarray(x.to_numpy(dtype=np.float64, na_value=np.nan))
+        except TypeError:               # a to_numpy without pandas' arguments (polars, ...)
+            pass
+    return np.asarray(x)
+
+
+def to_dtype(backend: Backend, x: Any, dtype: np.dtype, name: str) -> Any:
+    """``x`` cast to ``dtype`` on the device; ValueError when it holds NaN or Inf, or values
+    outside the range of ``dtype`` (1e39 in float32), which the cast would make Inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = backend.asarray(x, dtype)
+    if not backend.all_finite(out):
+        source_finite = (bool(np.isfinite(x).all()) if isinstance(x, np.ndarray)
+                         else np.dtype(x.dtype).kind != "f" or backend.all_finite(x))
+        if not source_finite:
+            raise ValueError(f"{name}: contains NaN or Inf")
+        raise ValueError(f"{name}: has values outside the range of {np.dtype(dtype).name} "
+                         f"(largest magnitude {np.finfo(dtype).max:.4g}); scale the data or "
+                         "use dtype='float64'")
+    return out
 
 
 def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str = "X") -> Any:
@@ -76,14 +126,11 @@ def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str =
                          f"input layer), got shape {tuple(X.shape)}")
     if X.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one sample, got shape {tuple(X.shape)}")
-    X = backend.asarray(X, dtype)
-    if not backend.all_finite(X):
-        raise ValueError(f"{name}: contains NaN or Inf")
-    return X
+    return to_dtype(backend, X, dtype, name)
 
 
 def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
-            dtype: np.dtype, name: str = "Y") -> Any:
+            dtype: np.dtype, name: str = "Y", x_name: str = "X") -> Any:
     """Targets as a (n_samples, n_output) array of ``dtype`` on the device.
 
     cross_entropy takes one-hot (or probability) rows, or integer class labels of shape
@@ -93,7 +140,7 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
     xp = backend.xp
     if Y.ndim == 1 and loss.code == CROSS_ENTROPY:
         if len(Y) != n_samples:
-            raise ValueError(f"{name}: has {len(Y)} samples but X has {n_samples}")
+            raise ValueError(f"{name}: has {len(Y)} samples but {x_name} has {n_samples}")
         if len(Y) == 0:
             raise ValueError(f"{name}: expected at least one sample")
         Y = backend.asarray(Y)                   # labels on the device before any xp call
@@ -115,12 +162,10 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
         raise ValueError(f"{name}: expected shape (n_samples, {n_output}){labels}, "
                          f"got shape {tuple(Y.shape)}")
     if Y.shape[0] != n_samples:
-        raise ValueError(f"{name}: has {Y.shape[0]} samples but X has {n_samples}")
+        raise ValueError(f"{name}: has {Y.shape[0]} samples but {x_name} has {n_samples}")
     if Y.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one sample")
-    Y = backend.asarray(Y, dtype)
-    if not backend.all_finite(Y):
-        raise ValueError(f"{name}: contains NaN or Inf")
+    Y = to_dtype(backend, Y, dtype, name)
     if loss.code in (BINARY_CROSS_ENTROPY, CROSS_ENTROPY):
         if bool((Y < 0).any()) or bool((Y > 1).any()):
             raise ValueError(f"{name}: {loss.name} targets must lie in [0, 1]")

@@ -45,7 +45,7 @@ BAD_FIT = [  # (arguments to fit, error type, words the message must contain)
     (dict(optimizer="adagrad"), ValueError, ["optimizer", "adagrad"]),
     (dict(l2=-1.0), ValueError, ["l2"]),
     (dict(clip_norm=0.0), ValueError, ["clip_norm"]),
-    (dict(validation_data=(GOOD_X[:, :2], GOOD_LABELS)), ValueError, ["X", "features"]),
+    (dict(validation_data=(GOOD_X[:, :2], GOOD_LABELS)), ValueError, ["validation_data[0]", "features"]),
     (dict(validation_data=GOOD_X), ValueError, ["validation_data"]),
 ]
 

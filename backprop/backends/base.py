@@ -71,6 +71,20 @@ class Backend(ABC):
         """Seed the random numbers this backend draws (dropout masks)."""
         self._rng = np.random.default_rng(seed)
 
+    def rng_state(self) -> dict[str, Any]:
+        """The dropout generator's state as JSON-serialisable values: NumPy's
+        ``bit_generator.state`` dict on the CPU (``{"bit_generator": "PCG64", ...}``).
+        :meth:`set_rng_state` puts it back; :mod:`backprop.state` saves it."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore a state returned by :meth:`rng_state` of a backend with the same generator;
+        ValueError for another ``bit_generator``."""
+        if state.get("bit_generator") != self.rng_state()["bit_generator"]:
+            raise ValueError(f"rng state: expected a {self.rng_state()['bit_generator']} state, "
+                             f"got {state.get('bit_generator')!r}")
+        self._rng.bit_generator.state = state
+
     def take_rows(self, X: Array, index: Array, out: Array) -> None:
         """``out[i] = X[index[i]]``: gather the rows of a shuffled batch."""
         self.xp.take(X, index, axis=0, out=out)
@@ -153,6 +167,19 @@ class Backend(ABC):
     @abstractmethod
     def multiply(self, x: Array, y: Array) -> None:
         """``x *= y`` elementwise (dropout's mask on a delta)."""
+
+    def penalty(self, weights: Sequence[Array], l1: float, l2: float) -> float:
+        """``l1 Σ|W| + l2 Σ W²`` over every W of ``weights``, summed in float64: the
+        regularization term of the loss (biases are not penalised). Called once per epoch,
+        not in the training step, so it may allocate."""
+        total = 0.0
+        for W in weights:
+            w = W.astype(np.float64)
+            if l1:
+                total += l1 * float(abs(w).sum())
+            if l2:
+                total += l2 * float((w * w).sum())
+        return total
 
     # ----------------------------------------------- composite steps with defaults
 

@@ -73,6 +73,7 @@ SPLIT_MIN_K = 64        # ...while each split keeps at least this much of K
 MAX_BLOCKS = 65535      # grid-stride kernels need no more blocks than this
 MAX_GRID_Y = 65535      # CUDA's limit on gridDim.y (matmul rows / MM_BM)
 SMALL_WIDTH = 1024      # widths up to this use our own (capturable) matmul
+CUDA_COUNTER = "backprop.cuda.counter"   # rng_state's name of the dropout generator
 
 
 # ---------------------------------------------------------------------- CuPy-free helpers
@@ -344,6 +345,20 @@ class CuPyBackend(Backend):
         key = np.random.default_rng(seed).integers(0, 2 ** 64, dtype=np.uint64)
         with self._device:
             self._rng_state.set(np.array([key, 0], np.uint64))
+
+    def rng_state(self) -> dict[str, Any]:
+        """``{"bit_generator": "backprop.cuda.counter", "key": k, "draws": d}``: the device
+        state ``[key, draws]`` that every dropout kernel reads."""
+        with self._device:
+            key, draws = (int(v) for v in self._rng_state.get())
+        return {"bit_generator": CUDA_COUNTER, "key": key, "draws": draws}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        if state.get("bit_generator") != CUDA_COUNTER:
+            raise ValueError(f"rng state: expected a {CUDA_COUNTER} state, got "
+                             f"{state.get('bit_generator')!r}")
+        with self._device:     # written in place: captured graphs keep reading this array
+            self._rng_state.set(np.array([state["key"], state["draws"]], np.uint64))
 
     def take_rows(self, X: Array, index: Array, out: Array) -> None:
         rows, cols = out.shape

@@ -1,0 +1,497 @@
+"""The training state: the one place for what save/load, checkpoints, pickling, the rollback
+after divergence and resume carry, and for its file format.
+
+A network's training state is
+
+============ ===================================================================================
+architecture layer sizes, activations (name, α), loss, dtype, dropout rates
+parameters   W_l (n_l, n_{l-1}) and b_l (n_l,), l = 1..L
+optimizer    ``net.optimizer_``: name, hyperparameters, step count t, and its buffers per
+             parameter (momentum's v, RMSProp's s, Adam's m and v)
+generators   the shuffle generator of the last ``fit`` and the dropout generator of the backend
+training     ``net.history_``: epochs done (the position of the learning-rate schedule), the
+             metrics of every epoch, and how the fit ended (stopped early, diverged)
+============ ===================================================================================
+
+The file (format ``backprop.training_state``, version 1) is a zip archive as ``numpy.savez``
+writes it, uncompressed: a UTF-8 JSON ``header.json`` (everything but the arrays) and one
+``.npy`` member per array, never pickled: ``W1, b1, ..., WL, bL`` and the optimizer's buffers
+``optimizer.<buffer>.<W1|b1|...>`` in the network's dtype, and ``history.<key>`` (float64, one
+value per epoch). :func:`write` replaces the target atomically; :func:`check` (run by
+:func:`read` and by unpickling) validates the whole state before anything is built and refuses
+a bad one with a ValueError that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import zipfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import activations as _activations
+from . import losses as _losses
+from . import optimizers as _optimizers
+
+if TYPE_CHECKING:
+    from .network import Network
+
+FORMAT = "backprop.training_state"
+VERSION = 1
+HEADER = "header.json"
+
+#: the states of the random generators a file may hold: field -> exclusive upper bound
+GENERATORS: dict[str, dict[str, int]] = {
+    "PCG64": {"state": 2 ** 128, "inc": 2 ** 128, "has_uint32": 2, "uinteger": 2 ** 32},
+    "backprop.cuda.counter": {"key": 2 ** 64, "draws": 2 ** 64},
+}
+#: optimizer buffers that hold squares (must be >= 0)
+SQUARES = {("rmsprop", "s"), ("adam", "v"), ("adamw", "v")}
+_INT_LIMIT = 2 ** 63
+
+
+@dataclass
+class TrainingState:
+    """A network's training state on the host: the JSON ``header`` and the named ``arrays``."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------- network <-> state
+
+def architecture(net: "Network") -> dict[str, Any]:
+    """What defines the network's shape and function, as JSON values."""
+    return {"layer_sizes": list(net.layer_sizes),
+            "activations": [[a.name, a.alpha] for a in net.activations],
+            "loss": net.loss_function.name, "dtype": net.dtype.name,
+            "dropout": list(net.dropout)}
+
+
+def parameter_names(n_layers: int) -> list[str]:
+    """``W1, b1, W2, b2, ...``: the order of :meth:`Network.parameters`."""
+    return [f"{p}{l}" for l in range(1, n_layers + 1) for p in "Wb"]
+
+
+def capture(net: "Network") -> TrainingState:
+    """The network's training state, copied to the host.
+
+    ValueError when a parameter or optimizer buffer holds NaN or Inf (such a state could not
+    be loaded), or when ``net.optimizer_`` is not one of the built-in optimizers.
+    """
+    be = net.backend
+    names = parameter_names(net.n_layers)
+    params = net.parameters()
+    arrays = {name: np.array(be.to_numpy(p)) for name, p in zip(names, params)}
+    optimizer = None
+    opt = net.optimizer_
+    if opt is not None and opt.state and opt.matches(params):
+        if _optimizers.OPTIMIZERS.get(opt.name) is not type(opt):
+            raise ValueError(f"optimizer_: {type(opt).__name__} is not a built-in optimizer "
+                             f"({sorted(_optimizers.OPTIMIZERS)}), the only ones a state holds")
+        optimizer = {"name": opt.name, "hyperparameters": opt.hyperparameters(), "t": opt.t}
+        for name, buffers in zip(names, opt.state):
+            for buffer, array in zip(opt.state_names, buffers):
+                arrays[f"optimizer.{buffer}.{name}"] = np.array(be.to_numpy(array))
+    for name, array in arrays.items():
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} contains NaN or Inf (the network diverged); a "
+                             "non-finite network cannot be saved: fit rolls back to the last "
+                             "finite epoch, or set finite parameters with set_parameters")
+    shuffle = getattr(net, "_shuffle_rng", None)
+    generators = {"shuffle": None if shuffle is None else shuffle.bit_generator.state,
+                  "dropout": be.rng_state()}
+    training = None
+    history = getattr(net, "history_", None)
+    if history is not None:
+        keys = history.keys()
+        training = {"epochs": history.epochs, "keys": keys,
+                    "stopped_early": history.stopped_early,
+                    "diverged_epoch": history.diverged_epoch}
+        for key in keys:
+            arrays[f"history.{key}"] = np.array(history[key], dtype=np.float64)
+    header = {"format": FORMAT, "version": VERSION, "architecture": architecture(net),
+              "optimizer": optimizer, "generators": generators, "training": training}
+    return check(TrainingState(header, arrays), "state")
+
+
+def build(state: TrainingState, device: str = "cpu", backend: str | None = None,
+          net: "Network | None" = None) -> "Network":
+    """A network with a checked ``state`` on ``device`` (into ``net``, uninitialised, when
+    given: unpickling)."""
+    from .network import Network
+    arch = state.header["architecture"]
+    if net is None:
+        net = Network.__new__(Network)
+    Network.__init__(net, arch["layer_sizes"], _activation_objects(arch["activations"]),
+                     arch["loss"], device=device, backend=backend, dtype=arch["dtype"],
+                     dropout=arch["dropout"], init=_zeros)
+    restore(net, state)
+    return net
+
+
+def restore(net: "Network", state: TrainingState,
+            optimizer: _optimizers.Optimizer | None = None) -> None:
+    """Put a checked ``state`` of the same architecture into ``net``: parameters, optimizer
+    (into ``optimizer`` when given, whose name and hyperparameters the caller has matched),
+    generators and history. The dropout generator is restored when the backend's is of the
+    same kind (not across CPU and CUDA)."""
+    from .training import History
+    be = net.backend
+    arrays = state.arrays
+    names = parameter_names(net.n_layers)
+    params = net.parameters()
+    for name, p in zip(names, params):
+        be.copy(be.asarray(arrays[name]), p)
+    spec = state.header["optimizer"]
+    if spec is None:
+        net.optimizer_ = optimizer
+    else:
+        opt = optimizer or _optimizers.OPTIMIZERS[spec["name"]](**spec["hyperparameters"])
+        opt.reset(be, params)
+        for name, buffers in zip(names, opt.state):
+            for buffer, array in zip(opt.state_names, buffers):
+                be.copy(be.asarray(arrays[f"optimizer.{buffer}.{name}"]), array)
+        opt.t = spec["t"]
+        net.optimizer_ = opt
+    generators = state.header["generators"]
+    shuffle = generators["shuffle"]
+    net._shuffle_rng = None
+    if shuffle is not None:
+        net._shuffle_rng = np.random.Generator(np.random.PCG64())
+        net._shuffle_rng.bit_generator.state = shuffle
+    dropout = generators["dropout"]
+    if dropout is not None and dropout["bit_generator"] == be.rng_state()["bit_generator"]:
+        be.set_rng_state(dropout)
+    training = state.header["training"]
+    net.history_ = None
+    if training is not None:
+        history = History()
+        history.history = {k: arrays[f"history.{k}"].tolist() for k in training["keys"]}
+        history.epochs = training["epochs"]
+        history.stopped_early = training["stopped_early"]
+        history.diverged_epoch = training["diverged_epoch"]
+        net.history_ = history
+
+
+def _zeros(rng: np.random.Generator, n_out: int, n_in: int) -> np.ndarray:
+    return np.zeros((n_out, n_in))
+
+
+def _activation_objects(specs: list[list[Any]]) -> list[_activations.Activation]:
+    cls = _activations.ACTIVATIONS
+    return [cls[name](alpha) if alpha else cls[name]() for name, alpha in specs]
+
+
+# ---------------------------------------------------------------------- rollback in memory
+
+class Snapshot:
+    """Device copies of what a training step changes: the parameters, the optimizer's buffers
+    and its step count. :meth:`take` records them, :meth:`restore` puts them back (the rollback
+    after divergence, EarlyStopping's best epoch). Buffers are allocated once."""
+
+    def __init__(self, net: "Network") -> None:
+        be = net.backend
+        self.optimizer = net.optimizer_
+        self.params = [be.empty(p.shape, p.dtype) for p in net.parameters()]
+        self.buffers = [be.empty(s.shape, s.dtype) for s in self._live_buffers()]
+        self.t = 0
+        self.take(net)
+
+    def _live_buffers(self) -> list[Any]:
+        return [] if self.optimizer is None else [s for st in self.optimizer.state for s in st]
+
+    def take(self, net: "Network") -> None:
+        be = net.backend
+        for p, copy in zip(net.parameters(), self.params):
+            be.copy(p, copy)
+        for s, copy in zip(self._live_buffers(), self.buffers):
+            be.copy(s, copy)
+        self.t = 0 if self.optimizer is None else self.optimizer.t
+
+    def restore(self, net: "Network") -> None:
+        be = net.backend
+        for p, copy in zip(net.parameters(), self.params):
+            be.copy(copy, p)
+        for s, copy in zip(self._live_buffers(), self.buffers):
+            be.copy(copy, s)
+        if self.optimizer is not None:
+            self.optimizer.t = self.t
+
+
+# ---------------------------------------------------------------------- the file
+
+def write(path: str | os.PathLike[str], state: TrainingState) -> None:
+    """Write ``state`` to exactly ``path``, atomically: into a new file in the same folder,
+    flushed to disk (fsync), then renamed over ``path`` (and the folder synced), so a failure
+    at any point leaves the previous file intact."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
+                for name, array in state.arrays.items():
+                    with zf.open(f"{name}.npy", "w", force_zip64=array.nbytes > 2 ** 30) as m:
+                        np.lib.format.write_array(m, np.ascontiguousarray(array),
+                                                  allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if os.name == "posix":          # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read(path: str | os.PathLike[str]) -> TrainingState:
+    """The checked state in the file at ``path`` (written by :func:`write`).
+
+    ValueError naming the problem for anything else: not a zip archive, no or bad header,
+    unknown format or version, missing or unknown keys or arrays, wrong dtypes or shapes,
+    non-finite values, values out of range. Array shapes and dtypes are checked from the
+    ``.npy`` headers before any array is read. FileNotFoundError when there is no file.
+    """
+    where = os.fspath(path)
+    try:
+        zf = zipfile.ZipFile(where)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{where}: not a backprop state file (not a zip/npz archive: {e})") from None
+    with zf:
+        try:
+            names = zf.namelist()
+            if len(set(names)) != len(names):
+                raise ValueError(f"{where}: the archive has duplicate members")
+            if HEADER not in names:
+                raise ValueError(f"{where}: no {HEADER}: not a backprop state file (files "
+                                 "written before format version 1 hold no header)")
+            header = _parse_header(zf.read(HEADER), where)
+            expected = _check_header(header, where)
+            members = {n[:-4]: n for n in names if n.endswith(".npy")}
+            others = [n for n in names if n != HEADER and not n.endswith(".npy")]
+            _check_names(expected, list(members) + others, where)
+            for name, (shape, dtype) in expected.items():
+                stored_shape, stored_dtype = _npy_layout(zf, members[name], where)
+                _check_layout(name, stored_shape, stored_dtype, shape, dtype, where)
+            arrays = {}
+            for name in expected:
+                with zf.open(members[name]) as f:
+                    try:
+                        arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+                    except ValueError as e:
+                        raise ValueError(f"{where}: {members[name]} is damaged: {e}") from None
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+            raise ValueError(f"{where}: a damaged archive ({type(e).__name__}: {e})") from None
+    return check(TrainingState(header, arrays), where)
+
+
+def check(state: TrainingState, where: str) -> TrainingState:
+    """``state`` itself when it is whole and consistent; else ValueError naming the problem
+    (prefixed with ``where``, the file or "pickle")."""
+    if not isinstance(state.header, dict) or not isinstance(state.arrays, dict):
+        raise ValueError(f"{where}: expected a header dict and a dict of arrays")
+    expected = _check_header(state.header, where)
+    _check_names(expected, list(state.arrays), where)
+    spec = state.header["optimizer"]
+    for name, (shape, dtype) in expected.items():
+        array = state.arrays[name]
+        if not isinstance(array, np.ndarray):
+            raise ValueError(f"{where}: {name} is a {type(array).__name__}, not an array")
+        _check_layout(name, array.shape, array.dtype, shape, dtype, where)
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: {name} contains NaN or Inf")
+        parts = name.split(".")
+        if parts[0] == "optimizer" and (spec["name"], parts[1]) in SQUARES and (array < 0).any():
+            raise ValueError(f"{where}: {name} holds squares and must be >= 0")
+    return state
+
+
+# ---------------------------------------------------------------------- checks
+
+def _parse_header(raw: bytes, where: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{where}: {HEADER} holds the non-finite value {constant}")
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {HEADER} holds {text}, which overflows float64")
+        return value
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=refuse, parse_float=finite_float)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: {HEADER} is not UTF-8: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: {HEADER} is not valid JSON: {e}") from None
+
+
+def _keys(d: Any, required: set[str], what: str, where: str) -> None:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: {what} must be a JSON object, got {d!r}")
+    missing, unknown = sorted(required - set(d)), sorted(set(d) - required)
+    if missing or unknown:
+        raise ValueError(f"{where}: {what} has missing keys {missing} and unknown keys {unknown}")
+
+
+def _int(value: Any, what: str, where: str, low: int = 0, high: int = _INT_LIMIT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise ValueError(f"{where}: {what} must be an integer in [{low}, {high}), got {value!r}")
+    return value
+
+
+def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Check the header whole; the arrays it calls for: name -> (shape, dtype)."""
+    if isinstance(header, dict) and header.get("format") != FORMAT:
+        raise ValueError(f"{where}: unknown format {header.get('format')!r}; expected {FORMAT!r}")
+    if isinstance(header, dict) and header.get("version") != VERSION:
+        raise ValueError(f"{where}: unknown version {header.get('version')!r} of {FORMAT}; "
+                         f"this backprop reads version {VERSION}")
+    _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training"},
+          "the header", where)
+    sizes, dtype = _check_architecture(header["architecture"], where)
+    shapes = {}
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        shapes[f"W{l}"], shapes[f"b{l}"] = (n_out, n_in), (n_out,)
+    expected = {name: (shape, dtype) for name, shape in shapes.items()}
+    spec = header["optimizer"]
+    if spec is not None:
+        _keys(spec, {"name", "hyperparameters", "t"}, "optimizer", where)
+        cls = _optimizers.OPTIMIZERS.get(spec["name"]) if isinstance(spec["name"], str) else None
+        if cls is None:
+            raise ValueError(f"{where}: unknown optimizer {spec['name']!r}; expected one of "
+                             f"{sorted(_optimizers.OPTIMIZERS)}")
+        _keys(spec["hyperparameters"], set(cls().hyperparameters()),
+              f"optimizer {spec['name']!r} hyperparameters", where)
+        try:
+            cls(**spec["hyperparameters"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: optimizer hyperparameters: {e}") from None
+        _int(spec["t"], "optimizer t", where)
+        for buffer in cls.state_names:
+            expected.update({f"optimizer.{buffer}.{name}": (shape, dtype)
+                             for name, shape in shapes.items()})
+    generators = header["generators"]
+    _keys(generators, {"shuffle", "dropout"}, "generators", where)
+    for use, state in generators.items():
+        if state is not None:
+            _check_generator(state, f"the {use} generator", where)
+    if generators["shuffle"] is not None and generators["shuffle"]["bit_generator"] != "PCG64":
+        raise ValueError(f"{where}: the shuffle generator must be PCG64")
+    training = header["training"]
+    if training is not None:
+        _keys(training, {"epochs", "keys", "stopped_early", "diverged_epoch"}, "training", where)
+        epochs = _int(training["epochs"], "training epochs", where)
+        keys = training["keys"]
+        if (not isinstance(keys, list) or len(set(map(str, keys))) != len(keys)
+                or not all(isinstance(k, str) and k and "/" not in k for k in keys)):
+            raise ValueError(f"{where}: training keys must be distinct names, got {keys!r}")
+        if not isinstance(training["stopped_early"], bool):
+            raise ValueError(f"{where}: training stopped_early must be true or false")
+        if training["diverged_epoch"] is not None:
+            _int(training["diverged_epoch"], "training diverged_epoch", where, high=epochs + 1)
+        expected.update({f"history.{k}": ((epochs,), np.dtype(np.float64)) for k in keys})
+    return expected
+
+
+def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype]:
+    from .network import _check_dropout, _check_layer_sizes
+    from .validation import check_architecture, check_dtype
+    _keys(arch, {"layer_sizes", "activations", "loss", "dtype", "dropout"}, "architecture", where)
+    try:
+        sizes = _check_layer_sizes(arch["layer_sizes"])
+        if max(sizes) >= 2 ** 31:
+            raise ValueError(f"layer_sizes: sizes must be below 2**31, got {sizes}")
+        specs = arch["activations"]
+        if not isinstance(specs, list) or len(specs) != len(sizes) - 1:
+            raise ValueError(f"activations: expected {len(sizes) - 1} [name, alpha] pairs, "
+                             f"got {specs!r}")
+        for spec in specs:
+            if (not isinstance(spec, list) or len(spec) != 2
+                    or spec[0] not in _activations.ACTIVATIONS
+                    or isinstance(spec[1], bool) or not isinstance(spec[1], (int, float))):
+                raise ValueError(f"activations: expected [name, alpha] with a name from "
+                                 f"{sorted(_activations.ACTIVATIONS)}, got {spec!r}")
+        acts = _activation_objects(specs)
+        if any(a.alpha != spec[1] or spec[1] and type(a).__init__ is _activations.Activation.__init__
+               for a, spec in zip(acts, specs)):
+            raise ValueError(f"activations: alpha is only a parameter of leaky_relu and elu, "
+                             f"got {specs!r}")
+        if not isinstance(arch["loss"], str):
+            raise ValueError(f"loss: expected a name, got {arch['loss']!r}")
+        check_architecture(sizes, acts, _losses.get(arch["loss"]))
+        if not isinstance(arch["dtype"], str):
+            raise ValueError(f"dtype: expected a name, got {arch['dtype']!r}")
+        dtype = check_dtype(arch["dtype"])
+        if not isinstance(arch["dropout"], list):
+            raise ValueError(f"dropout: expected a list of rates, got {arch['dropout']!r}")
+        _check_dropout(arch["dropout"], len(sizes) - 2)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: architecture {e}") from None
+    return sizes, dtype
+
+
+def _check_generator(state: Any, what: str, where: str) -> None:
+    kind = state.get("bit_generator") if isinstance(state, dict) else None
+    if kind not in GENERATORS:
+        raise ValueError(f"{where}: {what} is of unknown kind {kind!r}; expected one of "
+                         f"{sorted(GENERATORS)}")
+    fields = GENERATORS[kind]
+    if kind == "PCG64":             # NumPy's layout: {"state": {"state", "inc"}, ...}
+        _keys(state, {"bit_generator", "state", "has_uint32", "uinteger"}, what, where)
+        _keys(state["state"], {"state", "inc"}, f"{what} state", where)
+        values = {**state["state"], "has_uint32": state["has_uint32"],
+                  "uinteger": state["uinteger"]}
+    else:
+        _keys(state, {"bit_generator", *fields}, what, where)
+        values = {f: state[f] for f in fields}
+    for field, high in fields.items():
+        _int(values[field], f"{what} {field}", where, high=high)
+
+
+def _npy_layout(zf: zipfile.ZipFile, member: str, where: str) -> tuple[Any, np.dtype]:
+    """(shape, dtype) from the header of a ``.npy`` member, reading none of its data."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    with zf.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = readers[version](f)
+        except ValueError as e:
+            raise ValueError(f"{where}: {member} is not a .npy array: {e}") from None
+    return shape, dtype
+
+
+def _check_names(expected: dict[str, Any], present: list[str], where: str) -> None:
+    missing = sorted(set(expected) - set(present))
+    unknown = sorted(set(present) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{where}: missing arrays {missing} and unknown arrays {unknown}")
+
+
+def _check_layout(name: str, shape: tuple[int, ...], dtype: np.dtype,
+                  expected_shape: tuple[int, ...], expected_dtype: np.dtype, where: str) -> None:
+    if np.dtype(dtype) != expected_dtype:
+        raise ValueError(f"{where}: {name} has dtype {np.dtype(dtype).str}, expected "
+                         f"{expected_dtype.name}")
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{where}: {name} has shape {tuple(shape)}, expected "
+                         f"{tuple(expected_shape)}")
+
