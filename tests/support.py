@@ -56,3 +56,45 @@ def random_targets(rng: np.random.Generator, loss: str, n: int, n_out: int) -> n
 ACTIVATION_NAMES = ["identity", "sigmoid", "tanh", "relu", "leaky_relu", "elu", "softmax"]
 PAIRINGS = ([("mse", a) for a in ACTIVATION_NAMES]
             + [("binary_cross_entropy", "sigmoid"), ("cross_entropy", "softmax")])
+
+
+# ---------------------------------------------------------------- what a network holds
+
+def walk_arrays(obj, path: str = "net", seen: set | None = None):
+    """``(path, array)`` for every array a network holds: parameters, optimizer state,
+    gradient buffers, training workspaces (masks included), walked through the lists, dicts
+    and backprop objects it keeps. Left out: the shared backend, and the inference passes' own
+    scratch (a workspace without δ buffers), which every inference pass overwrites."""
+    from backprop.backends.base import Backend
+    from backprop.network import Workspace
+    seen = set() if seen is None else seen
+    if id(obj) in seen or obj is None or isinstance(obj, (Backend, str, bytes, int, float)):
+        return
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray) or hasattr(obj, "__cuda_array_interface__"):
+        yield path, obj
+    elif isinstance(obj, (list, tuple)):
+        for i, item in enumerate(obj):
+            yield from walk_arrays(item, f"{path}[{i}]", seen)
+    elif isinstance(obj, dict):
+        for key, item in obj.items():
+            yield from walk_arrays(item, f"{path}[{key!r}]", seen)
+    elif isinstance(obj, Workspace) and not obj.delta:
+        return
+    elif type(obj).__module__.startswith("backprop") and hasattr(obj, "__dict__"):
+        for name, item in vars(obj).items():
+            yield from walk_arrays(item, f"{path}.{name}", seen)
+
+
+def state_arrays(net) -> dict[str, np.ndarray]:
+    """Host copies of :func:`walk_arrays`, by path."""
+    from backprop import to_numpy
+    return {path: np.array(to_numpy(a)) for path, a in walk_arrays(net)}
+
+
+def assert_same_state(after: dict, before: dict, what: str) -> None:
+    """The same arrays at the same paths, bit for bit (NaN equal to NaN: workspaces start
+    uninitialised)."""
+    assert sorted(after) == sorted(before), f"{what}: arrays added {sorted(set(after) - set(before))}, removed {sorted(set(before) - set(after))}"
+    changed = [p for p in before if not np.array_equal(after[p], before[p], equal_nan=True)]
+    assert not changed, f"{what} changed {changed}"
