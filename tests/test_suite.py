@@ -88,3 +88,22 @@ def test_the_check_sees_the_pattern():
     good = ast.parse("assert_close(a, b)\nassert close_enough(a, b) and ok\n")
     assert dead_uses(bad, helpers) == [1, 2, 3]
     assert dead_uses(good, helpers) == []
+
+
+def test_every_mutation_of_the_mutation_check_still_applies(monkeypatch):
+    """ci/mutations.py: each fault's line is still in the code, once, and changes one line
+    (run the check itself with ``python ci/mutations.py``)."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("mutations", ROOT / "ci" / "mutations.py")
+    mutations = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "mutations", mutations)
+    spec.loader.exec_module(mutations)
+    assert len(mutations.MUTATIONS) >= 30
+    assert len({m.name for m in mutations.MUTATIONS}) == len(mutations.MUTATIONS)
+    stale = {m.name: why for m in mutations.MUTATIONS
+             if (why := mutations.check(m, ROOT)) is not None}
+    assert not stale, f"update ci/mutations.py: {stale}"
+    assert mutations.one_line_change("a\nb\nc", "a\nB\nc")
+    assert mutations.one_line_change("a\nb\nc", "a\nc")
+    assert not mutations.one_line_change("a\nb", "A\nB")
