@@ -182,7 +182,7 @@ class Prepared:
 
     def backward(self) -> None:
         """δ of every layer and the weight gradients (delta + weight_grad), no update."""
-        self.net._backward(self.ws, self.inputs, self.Y)
+        self.net._backward(self.ws, self.inputs, self.Y, train=False)
 
 
 def time_epoch(sizes: Sequence[int], n: int, batch: int, backend: str = "numpy",

@@ -36,6 +36,9 @@ class Workspace:
     the output pre-activation; ``delta[l]`` like ``A[l]``; with dropout, ``mask[l]`` and
     ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
     ``total``: the summed loss; ``scale``: the clipping factor.
+
+    Only a training step (:meth:`Network.train_step`) draws masks into ``mask`` and applies
+    them; no other pass reads them.
     """
 
     def __init__(self, backend: Backend, sizes: Sequence[int], dtype: np.dtype, batch: int,
@@ -87,6 +90,15 @@ class Network:
     dropout : float or sequence of float
         Inverted-dropout rate after each hidden layer (one for all, or one per hidden layer),
         0 <= rate < 1; applied only while training.
+
+    Notes
+    -----
+    The mode of every pass is explicit: a training step (:meth:`train_step`, run by
+    :meth:`fit`) is the only pass that draws or applies dropout masks. :meth:`forward`,
+    :meth:`predict`, :meth:`loss`, :meth:`evaluate` and :meth:`backward` run without dropout,
+    read nothing another pass left in a workspace, and change no parameter, optimizer state,
+    gradient buffer or training workspace (the inference passes only write their own scratch,
+    the inference workspaces; :meth:`backward` works in buffers of its own, made per call).
     """
 
     def __init__(self, layer_sizes: Sequence[int], activations: Any, loss: str = "mse", *,
@@ -252,7 +264,11 @@ class Network:
     # ------------------------------------------------------------------ the algorithm
 
     def _forward(self, ws: Workspace, X: Array, train: bool) -> list[Array]:
-        """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1])."""
+        """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1]).
+
+        ``train``: a training step's pass, which draws fresh dropout masks into ``ws.mask`` and
+        applies them; otherwise no mask is drawn, read or applied.
+        """
         be = self.backend
         inputs = [X]
         last = self.n_layers - 1
@@ -268,19 +284,27 @@ class Network:
                     inputs.append(ws.A[l])
         return inputs
 
-    def _backward(self, ws: Workspace, inputs: list[Array], Y: Array,
+    def _backward(self, ws: Workspace, inputs: list[Array], Y: Array, *, train: bool,
+                  grads: list[tuple[Array, Array]] | None = None,
                   sgd: _optimizers.UpdateRule | None = None) -> None:
-        """δ for every layer, then the weight gradients into :meth:`gradients`; with an SGD
-        ``rule`` each layer is updated in place instead (after its δ_{l-1} is computed)."""
+        """δ for every layer, then the weight gradients into ``grads`` (default
+        :meth:`gradients`); with an SGD ``rule`` each layer is updated in place instead (after
+        its δ_{l-1} is computed).
+
+        ``train``: the backward pass of a training step, whose forward pass (``train=True``)
+        drew the dropout masks in ``ws``: δ of a dropped layer is multiplied by its mask.
+        Otherwise no mask is read.
+        """
         be = self.backend
         L = self.n_layers
         be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
-        grads = self.gradients()
+        if grads is None:
+            grads = self.gradients()
         for l in range(L - 1, -1, -1):
             if l > 0:  # δ_{l-1} = (δ_l W_l) ⊙ σ'(a_{l-1}), needs W_l before its update
                 be.delta(ws.delta[l], self.W[l], ws.A[l - 1], self.activations[l - 1],
                          ws.delta[l - 1])
-                if ws.mask[l - 1] is not None:
+                if train and self.dropout[l - 1]:
                     be.multiply(ws.delta[l - 1], ws.mask[l - 1])
             dW, db = grads[l]
             if sgd is None:
@@ -298,9 +322,9 @@ class Network:
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
         if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
             rule_w, _ = optimizer.rules(learning_rate, l2=l2)
-            self._backward(ws, inputs, Y, sgd=rule_w)
+            self._backward(ws, inputs, Y, train=True, sgd=rule_w)
             return
-        self._backward(ws, inputs, Y)
+        self._backward(ws, inputs, Y, train=True)
         grads = [g for pair in self.gradients() for g in pair]
         scale: Any = 1.0
         if clip_norm is not None:
@@ -369,19 +393,20 @@ class Network:
 
     def backward(self, X: Any, Y: Any) -> list[tuple[Array, Array]]:
         """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
-        gradients of the loss over all of (X, Y) as one batch (no dropout)."""
+        gradients of the loss over all of (X, Y) as one batch (no dropout).
+
+        Runs in a workspace and gradient arrays of its own, made for this call: it reads no
+        dropout mask and changes nothing in the network.
+        """
         X, Y = self._prepare(X, Y)
-        ws = self.workspace(X.shape[0], train=True)
-        inputs = self._forward(ws, X, train=False)
-        self._backward(ws, inputs, Y)
         be = self.backend
-        out = []
-        for dW, db in self.gradients():
-            pair = (be.empty(dW.shape, self.dtype), be.empty(db.shape, self.dtype))
-            be.copy(dW, pair[0])
-            be.copy(db, pair[1])
-            out.append(pair)
-        return out
+        ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
+                       [0.0] * len(self.dropout), train=True)
+        grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                 for W, b in zip(self.W, self.b)]
+        inputs = self._forward(ws, X, train=False)
+        self._backward(ws, inputs, Y, train=False, grads=grads)
+        return grads
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""

@@ -1,13 +1,16 @@
-"""Exactness: the gradients equal finite differences (float64) and the seeds' per-sample
-algorithm in backprop.reference."""
+"""Exactness: the gradients equal finite differences (float64) of the seeds' loss, and the
+seeds' per-sample algorithm in backprop.reference; every activation (Leaky ReLU and ELU also at
+a non-default α) at hidden layers, every loss/output pairing, batch 1 and width-1 layers."""
 
 from __future__ import annotations
 
 import numpy as np
+import oracles
 import pytest
-from support import ACTIVATION_NAMES, PAIRINGS, assert_close, make_network, random_targets
+from support import ACTIVATIONS, PAIRINGS, assert_close, make_network, random_targets
 
 from backprop import reference, to_numpy
+from backprop.activations import ELU, LeakyReLU, ReLU, Softmax, Tanh
 
 SHAPES = [  # (layer sizes, batch): batch 1 and width-1 layers included
     ([3, 5, 4], 7),
@@ -22,40 +25,17 @@ def randomize_biases(net, rng):
     net.set_parameters([(W, rng.normal(0, 0.5, b.shape)) for W, b in net.get_parameters()])
 
 
-def finite_difference_gradients(net, X, Y, h=1e-6):
-    """Central differences (L(p + h) - L(p - h)) / 2h of the mean loss, every parameter."""
-    params = net.get_parameters()
-    grads = []
-    for l, (W, b) in enumerate(params):
-        pair = []
-        for p in (W, b):
-            g = np.zeros_like(p)
-            for i in np.ndindex(p.shape):
-                saved = p[i]
-                p[i] = saved + h
-                net.set_parameters(params)
-                up = net.loss(X, Y)
-                p[i] = saved - h
-                net.set_parameters(params)
-                down = net.loss(X, Y)
-                p[i] = saved
-                g[i] = (up - down) / (2 * h)
-            pair.append(g)
-        grads.append(pair)
-    net.set_parameters(params)
-    return grads
+def finite_difference_gradients(net, X, Y):
+    """Central differences of the seeds' mean loss (backprop.reference, per sample) at the
+    network's parameters: the oracle shares nothing with the network's kernels."""
+    W, b = (list(p) for p in zip(*net.get_parameters()))
+    numeric = oracles.finite_differences(
+        lambda: reference.batch_loss(X, Y, W, b, net.activations, net.loss_function),
+        [p for pair in zip(W, b) for p in pair])
+    return list(zip(numeric[0::2], numeric[1::2]))
 
 
-@pytest.mark.parametrize("loss,output", PAIRINGS)
-@pytest.mark.parametrize("hidden", ACTIVATION_NAMES)
-def test_gradients_match_finite_differences(backend, loss, output, hidden):
-    rng = np.random.default_rng([len(loss), len(output), len(hidden), ACTIVATION_NAMES.index(hidden)])
-    sizes, batch = SHAPES[rng.integers(len(SHAPES))]
-    acts = [hidden] * (len(sizes) - 2) + [output]
-    net = make_network(backend, sizes, acts, loss, dtype="float64", seed=int(rng.integers(1000)))
-    randomize_biases(net, rng)
-    X = rng.normal(0, 1, (batch, sizes[0]))
-    Y = random_targets(rng, loss, batch, sizes[-1])
+def gradients_match_finite_differences(net, X, Y):
     analytic = net.backward(X, Y)
     numeric = finite_difference_gradients(net, X, Y)
     for l, ((dW, db), (nW, nb)) in enumerate(zip(analytic, numeric)):
@@ -65,11 +45,44 @@ def test_gradients_match_finite_differences(backend, loss, output, hidden):
         assert np.linalg.norm(a - n) / scale <= 1e-6, f"layer {l + 1}: {a} vs {n}"
 
 
-@pytest.mark.parametrize("sizes,batch", SHAPES)
-@pytest.mark.parametrize("loss,output", PAIRINGS)
-def test_backward_equals_per_sample_reference(backend, sizes, batch, loss, output):
+@pytest.mark.parametrize("loss,output", PAIRINGS, ids=str)
+@pytest.mark.parametrize("hidden", ACTIVATIONS, ids=str)
+def test_gradients_match_finite_differences(backend, loss, output, hidden):
+    """Every hidden activation (twice: δ passes through its σ' at two layers) with every
+    loss/output pairing."""
+    sizes, batch = [3, 4, 4, 3], 3
+    rng = np.random.default_rng(0)
+    net = make_network(backend, sizes, [hidden, hidden, output], loss, dtype="float64", seed=1)
+    randomize_biases(net, rng)
+    X = rng.normal(0, 1, (batch, sizes[0]))
+    gradients_match_finite_differences(net, X, random_targets(rng, loss, batch, sizes[-1]))
+
+
+@pytest.mark.parametrize("hidden,output,loss", [(Tanh(), Softmax(), "cross_entropy"),
+                                                (LeakyReLU(0.2), ELU(0.5), "mse")], ids=str)
+@pytest.mark.parametrize("sizes,batch", SHAPES, ids=str)
+def test_gradients_match_finite_differences_on_every_shape(backend, sizes, batch, hidden,
+                                                           output, loss):
+    rng = np.random.default_rng(1)
+    acts = [hidden] * (len(sizes) - 2) + [output]
+    net = make_network(backend, sizes, acts, loss, dtype="float64", seed=2)
+    randomize_biases(net, rng)
+    X = rng.normal(0, 1, (batch, sizes[0]))
+    gradients_match_finite_differences(net, X, random_targets(rng, loss, batch, sizes[-1]))
+
+
+#: (layer sizes, batch, hidden activation, loss, output activation): every hidden activation
+#: with every pairing on two hidden layers, and every shape with every pairing
+REFERENCE_CASES = ([(SHAPES[-1][0], SHAPES[-1][1], hidden, loss, output)
+                    for hidden in ACTIVATIONS for loss, output in PAIRINGS]
+                   + [(sizes, batch, hidden, loss, output)
+                      for (sizes, batch), hidden in zip(SHAPES[:-1], [Tanh(), ELU(0.5), LeakyReLU(0.2)])
+                      for loss, output in PAIRINGS])
+
+
+@pytest.mark.parametrize("sizes,batch,hidden,loss,output", REFERENCE_CASES, ids=str)
+def test_backward_equals_per_sample_reference(backend, sizes, batch, hidden, loss, output):
     rng = np.random.default_rng(batch + len(sizes))
-    hidden = ["tanh", "relu", "elu", "sigmoid", "leaky_relu"][rng.integers(5)]
     acts = [hidden] * (len(sizes) - 2) + [output]
     net = make_network(backend, sizes, acts, loss, dtype="float64", seed=3)
     randomize_biases(net, rng)
@@ -122,3 +135,32 @@ def test_binary_cross_entropy_is_stable_for_large_logits(backend):
     net.set_parameters([(np.array([[200.0]]), np.zeros(1))])
     assert net.loss([[1.0], [-1.0]], [0.0, 1.0]) == pytest.approx(200.0, rel=1e-6)
     assert net.loss([[1.0], [-1.0]], [1.0, 0.0]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [Tanh(), ReLU(), ELU(0.5)], ids=str)
+def test_dropout_gradients_match_finite_differences_with_the_masks_frozen(backend, hidden):
+    """A training step with dropout: its loss and gradient are those of the network whose
+    hidden outputs are multiplied by the masks it drew (read back from its workspace),
+    computed per sample by the oracle and differentiated by central differences."""
+    sizes, n, lr = [4, 6, 5, 3], 8, 1.0
+    rng = np.random.default_rng(6)
+    net = make_network(backend, sizes, [hidden, hidden, Softmax()], "cross_entropy",
+                       dtype="float64", seed=0, dropout=[0.5, 0.3])
+    randomize_biases(net, rng)
+    X = rng.normal(0, 1, (n, sizes[0]))
+    Y = np.eye(3)[rng.integers(0, 3, n)]
+    before = net.get_parameters()
+    history = net.fit(X, Y, epochs=1, batch_size=n, learning_rate=lr, shuffle=False, seed=2)
+    masks = [to_numpy(m) for m in net.workspace(n).mask]
+    for mask, rate in zip(masks, (0.5, 0.3)):
+        assert set(np.unique(mask)) == {0.0, 1 / (1 - rate)}
+    gradients = [((W0 - W1) / lr, (b0 - b1) / lr)
+                 for (W0, b0), (W1, b1) in zip(before, net.get_parameters())]
+    W, b = (list(p) for p in zip(*before))
+    loss = lambda: oracles.masked_loss(W, b, X, Y, net.activations, net.loss_function, masks)
+    assert history["loss"][0] == pytest.approx(loss(), rel=1e-12)
+    numeric = oracles.finite_differences(loss, [p for pair in zip(W, b) for p in pair])
+    for l, ((gW, gb), nW, nb) in enumerate(zip(gradients, numeric[0::2], numeric[1::2])):
+        a = np.concatenate([gW.ravel(), gb.ravel()])
+        e = np.concatenate([nW.ravel(), nb.ravel()])
+        assert np.linalg.norm(a - e) <= 1e-6 * np.linalg.norm(e), f"layer {l + 1}"

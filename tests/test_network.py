@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import oracles
 import pytest
-from support import DEVICE, assert_close, make_network
+import support
+from support import (DEVICE, assert_change_close, assert_close, assert_path_ran, backend_paths,
+                     make_network, on_path, walk_arrays)
 
 import backprop
-from backprop import Network, to_numpy
+from backprop import Network, reference, to_numpy
+from backprop.activations import ELU, Softmax, Tanh
 
 
 def data(n=24, n_in=5, n_out=3, seed=0):
@@ -74,7 +78,8 @@ def test_labels_and_one_hot_give_the_same_gradients(backend):
                        dtype="float64")
     X, y = data()
     for (a, b), (c, d) in zip(net.backward(X, y), net.backward(X, np.eye(3)[y])):
-        assert_close(a, c, 0, "dW") and assert_close(b, d, 0, "db")
+        assert_close(a, c, 0, "dW")
+        assert_close(b, d, 0, "db")
 
 
 def test_save_and_load(backend, tmp_path):
@@ -92,92 +97,152 @@ def test_save_and_load(backend, tmp_path):
     assert_close(cpu.forward(X), net.forward(X), 1e-12, "loaded on the cpu")
 
 
-def test_to_moves_parameters_and_optimizer_state(backend):
+@pytest.fixture
+def tagged(monkeypatch):
+    """Backend "tagged" (device "cpu"): a second CPU device whose arrays have a type of their
+    own (support.TaggedBackend)."""
+    import backprop.backends as backends
+    monkeypatch.setitem(backends.BACKENDS, "tagged", ("support", "TaggedBackend", "cpu"))
+    monkeypatch.setattr(backends, "_instances", dict(backends._instances))
+    return "tagged"
+
+
+def assert_arrays_of(net, array_type, where):
+    arrays = list(walk_arrays(net))
+    assert any(".state[" in path for path, _ in arrays)
+    for path, a in arrays:
+        assert type(a) is array_type, f"{where}: {path} is a {type(a).__name__}"
+
+
+def test_to_moves_parameters_and_optimizer_state(backend, tagged):
+    """A round trip through another device moves every array (parameters and the optimizer's
+    state) there and back, and training then continues exactly as without the trip."""
     net = make_network(backend, [5, 4, 3], ["relu", "softmax"], "cross_entropy", seed=0,
                        dtype="float64")
     twin = make_network(backend, [5, 4, 3], ["relu", "softmax"], "cross_entropy", seed=0,
                         dtype="float64")
+    native = type(net.backend.empty((1,), net.dtype))
     X, y = data()
     for n in (net, twin):
         n.fit(X, y, epochs=2, batch_size=8, learning_rate=0.01, optimizer=backprop.Adam(), seed=0)
-    net.to("cpu", "numpy").to(DEVICE[backend], backend)      # a round trip
+    net.to("cpu", tagged)
+    assert net.backend.name == tagged
+    assert_arrays_of(net, support.Tagged, "after to('cpu', 'tagged')")
+    net.to(DEVICE[backend], backend)
     assert net.backend.name == backend
+    assert_arrays_of(net, native, f"after to({DEVICE[backend]!r}, {backend!r})")
     for n in (net, twin):
         n.fit(X, y, epochs=1, batch_size=8, learning_rate=0.01, optimizer=n.optimizer_, seed=1)
     for (a, b), (c, d) in zip(net.get_parameters(), twin.get_parameters()):
-        assert_close(a, c, 1e-12, "W") and assert_close(b, d, 1e-12, "b")
+        assert_close(a, c, 1e-12, "W")
+        assert_close(b, d, 1e-12, "b")
 
 
-def one_step(backend, optimizer, steps=1, **fit_kwargs):
-    """Parameters before, gradients at each step, and parameters after ``steps`` full-batch
-    steps of ``optimizer`` (shuffle off, so each step sees the whole batch)."""
-    net = make_network(backend, [4, 3, 2], ["tanh", "softmax"], "cross_entropy", seed=0,
-                       dtype="float64")
-    X, y = data(n=6, n_in=4, n_out=2)
+def formula_problem(backend, dtype="float64", n=10):
+    """A network with two hidden layers and nonzero biases (so a penalty wrongly applied to
+    biases shows at once), and ``n`` samples."""
+    rng = np.random.default_rng(4)
+    net = make_network(backend, [4, 5, 4, 3], [Tanh(), ELU(0.5), Softmax()], "cross_entropy",
+                       seed=0, dtype=dtype)
+    net.set_parameters([(W, rng.normal(0, 0.3, b.shape)) for W, b in net.get_parameters()])
+    X = rng.normal(size=(n, 4))
+    y = rng.integers(0, 3, n)
+    return net, X, y
+
+
+def oracle_fit(net, X, y, before, **kw):
+    """oracles.fit from the parameters ``before``, with ``net``'s architecture."""
+    return oracles.fit([W for W, _ in before], [b for _, b in before], X, np.eye(3)[y],
+                       net.activations, net.loss_function, **kw)
+
+
+FORMULA_CASES = [  # (optimizer, fit keywords)
+    ("sgd", {}),                               # plain SGD: the update folded into the product
+    ("sgd", {"l2": 0.05}),                     # l2 alone is folded in too (β = 1 - 2ηλ₂)
+    ("sgd", {"l1": 0.01, "l2": 0.02}),
+    ("momentum", {"l2": 0.01}),
+    ("nesterov", {"l1": 0.01}),
+    ("rmsprop", {"l2": 0.01}),
+    ("adam", {"l1": 0.01, "l2": 0.01}),
+    ("adamw", {}),
+    ("sgd", {"clip_norm": 0.05}),              # clipped at every step
+    ("adam", {"clip_norm": 0.05, "l2": 0.01}),
+    ("momentum", {"clip_norm": 100.0}),        # a bound above the norm: no clipping
+]
+#: relative tolerance of the parameters' changes against the float64 oracle, by dtype
+FORMULA_RTOL = {"float64": 1e-9, "float32": 1e-3}
+
+
+#: every case on every path, but numba's fused epoch, which does not clip (such fits run
+#: step by step, the path "steps")
+FORMULA_PARAMS = [pytest.param(*bp.values, optimizer, kw, marks=bp.marks,
+                               id=f"{bp.id}-{optimizer}-{kw}")
+                  for bp in backend_paths() for optimizer, kw in FORMULA_CASES
+                  if not (bp.values == ("numba", "epoch") and "clip_norm" in kw)]
+
+
+@pytest.mark.parametrize("backend,path,optimizer,kw", FORMULA_PARAMS, indirect=["backend"])
+def test_fit_follows_the_optimizer_formulas(backend, path, dtype, optimizer, kw, monkeypatch):
+    """Two shuffled epochs of batches 4, 4, 2 against the seeds' per-sample gradients driven
+    by each optimizer's formula (tests/oracles.py), on each path: the parameters' changes,
+    the optimizer's step count and each epoch's loss."""
+    net, X, y = formula_problem(backend, dtype)
     before = net.get_parameters()
-    grads = []
-    opt = backprop.optimizers.get(optimizer)
-    for _ in range(steps):
-        grads.append([(to_numpy(a), to_numpy(b)) for a, b in net.backward(X, y)])
-        net.fit(X, y, epochs=1, batch_size=6, shuffle=False, optimizer=opt, **fit_kwargs)
-    return before, grads, net.get_parameters()
-
-
-def test_sgd_with_l1_l2_matches_the_formula(backend):
-    lr, l1, l2 = 0.1, 0.01, 0.02
-    before, grads, after = one_step(backend, "sgd", learning_rate=lr, l1=l1, l2=l2)
-    for (W, b), (dW, db), (W1, b1) in zip(before, grads[0], after):
-        assert_close(W1, W - lr * (dW + l1 * np.sign(W) + 2 * l2 * W), 1e-12, "W")
-        assert_close(b1, b - lr * db, 1e-12, "b")          # biases are not regularized
-
-
-def test_sgd_with_only_l2_takes_the_fused_path_and_matches(backend):
-    lr, l2 = 0.1, 0.05
-    before, grads, after = one_step(backend, "sgd", learning_rate=lr, l2=l2)
-    for (W, b), (dW, db), (W1, b1) in zip(before, grads[0], after):
-        assert_close(W1, W - lr * (dW + 2 * l2 * W), 1e-12, "W")
-        assert_close(b1, b - lr * db, 1e-12, "b")
-
-
-@pytest.mark.parametrize("name", ["momentum", "nesterov", "rmsprop", "adam", "adamw"])
-def test_optimizers_match_their_formulas(backend, name):
-    lr, steps = 0.05, 3
-    before, grads, after = one_step(backend, name, steps=steps, learning_rate=lr)
-    for layer in range(2):
-        for k in range(2):                       # W, then b
-            p = before[layer][k].copy()
-            s1 = np.zeros_like(p)
-            s2 = np.zeros_like(p)
-            for t in range(1, steps + 1):
-                g = grads[t - 1][layer][k]
-                if name in ("momentum", "nesterov"):
-                    s1 = 0.9 * s1 + g
-                    p = p - lr * (g + 0.9 * s1 if name == "nesterov" else s1)
-                elif name == "rmsprop":
-                    s1 = 0.9 * s1 + 0.1 * g * g
-                    p = p - lr * g / (np.sqrt(s1) + 1e-8)
-                else:
-                    if name == "adamw":
-                        p = p - lr * 0.01 * p
-                    s1 = 0.9 * s1 + 0.1 * g
-                    s2 = 0.999 * s2 + 0.001 * g * g
-                    p = p - lr * (s1 / (1 - 0.9 ** t)) / (np.sqrt(s2 / (1 - 0.999 ** t)) + 1e-8)
-            assert_close(after[layer][k], p, 1e-10, f"{name} layer {layer + 1} param {k}")
+    factors: list = []
+    lr, epochs, batch_size = 0.1, 2, 4
+    W, b, losses = oracle_fit(net, X, y, before, optimizer=optimizer, learning_rate=lr,
+                              epochs=epochs, batch_size=batch_size,
+                              orders=oracles.epoch_orders(len(X), epochs, True, 7),
+                              clip_factors=factors, **kw)
+    calls = on_path(monkeypatch, net, path)
+    history = net.fit(X, y, epochs=epochs, batch_size=batch_size, learning_rate=lr,
+                      optimizer=optimizer, seed=7, **kw)
+    folded = optimizer == "sgd" and not kw.get("l1") and "clip_norm" not in kw
+    assert_path_ran(calls, path, folded_sgd=folded)
+    if "clip_norm" in kw:
+        assert (max(factors) < 1) == (kw["clip_norm"] < 1), factors
+    steps = epochs * 3
+    assert net.optimizer_.t == steps
+    for l, ((W1, b1), (W0, b0)) in enumerate(zip(net.get_parameters(), before)):
+        assert_change_close(W1, W[l], W0, FORMULA_RTOL[dtype], steps, f"W{l + 1}")
+        assert_change_close(b1, b[l], b0, FORMULA_RTOL[dtype], steps, f"b{l + 1}")
+    penalized = bool(kw.get("l1") or kw.get("l2"))
+    rel = 1e-12 if dtype == "float64" else 1e-5
+    assert history["data_loss" if penalized else "loss"] == pytest.approx(losses, rel=rel)
+    # History's loss is what is minimised: the data loss plus the penalty at the epoch's end
+    weights = [W1 for W1, _ in net.get_parameters()]
+    penalty = sum(kw.get("l1", 0) * np.abs(W1).sum() + kw.get("l2", 0) * np.square(W1).sum()
+                  for W1 in np.asarray(weights, dtype=object))
+    assert history["loss"][-1] == pytest.approx(history["data_loss" if penalized else "loss"][-1]
+                                                + penalty, rel=rel)
 
 
 def test_gradient_clipping_limits_the_step(backend):
+    """One full-batch SGD step clipped to c moves all parameters together by η c, along the
+    gradient; a bound above the gradient's norm changes nothing."""
     lr, c = 0.5, 1e-3
-    before, grads, after = one_step(backend, "sgd", learning_rate=lr, clip_norm=c)
-    norm = np.sqrt(sum(np.sum(g ** 2) for pair in grads[0] for g in pair))
-    assert norm > c
-    for (W, b), (dW, db), (W1, b1) in zip(before, grads[0], after):
-        assert_close(W1, W - lr * dW * (c / norm), 1e-12, "W")
-        assert_close(b1, b - lr * db * (c / norm), 1e-12, "b")
-    # a bound above the norm changes nothing
-    _, _, unclipped = one_step(backend, "sgd", learning_rate=lr)
-    _, _, loose = one_step(backend, "sgd", learning_rate=lr, clip_norm=10 * norm)
-    for (W, b), (W1, b1) in zip(unclipped, loose):
-        assert_close(W1, W, 1e-14, "W")
+    net, X, y = formula_problem(backend)
+    grads = [(to_numpy(dW), to_numpy(db)) for dW, db in net.backward(X, y)]
+    norm = np.sqrt(sum(np.sum(g ** 2) for pair in grads for g in pair))
+    assert norm > 10 * c
+    before = net.get_parameters()
+    net.fit(X, y, epochs=1, batch_size=len(X), learning_rate=lr, clip_norm=c, shuffle=False)
+    after = net.get_parameters()
+    for (W1, b1), (W0, b0), (dW, db) in zip(after, before, grads):
+        assert_change_close(W1, W0 - lr * (c / norm) * dW, W0, 1e-9, 1, "W")
+        assert_change_close(b1, b0 - lr * (c / norm) * db, b0, 1e-9, 1, "b")
+    step = np.sqrt(sum(np.sum((p1 - p0) ** 2)
+                       for pair1, pair0 in zip(after, before) for p1, p0 in zip(pair1, pair0)))
+    assert step == pytest.approx(lr * c, rel=1e-9)
+    loose, _, _ = formula_problem(backend)
+    plain, _, _ = formula_problem(backend)
+    loose.fit(X, y, epochs=1, batch_size=len(X), learning_rate=lr, clip_norm=10 * norm,
+              shuffle=False)
+    plain.fit(X, y, epochs=1, batch_size=len(X), learning_rate=lr, shuffle=False)
+    for (W1, b1), (W2, b2), (W0, b0) in zip(loose.get_parameters(), plain.get_parameters(),
+                                            before):
+        assert_change_close(W1, W2, W0, 1e-12, 1, "W")
+        assert_change_close(b1, b2, b0, 1e-12, 1, "b")
 
 
 def test_dropout(backend):
@@ -203,25 +268,50 @@ def test_dropout(backend):
 
 
 def test_history_validation_and_verbose(backend, capsys):
-    net = make_network(backend, [5, 8, 3], ["relu", "softmax"], "cross_entropy", seed=0)
-    X, y = data()
-    history = net.fit(X, y, epochs=3, batch_size=5, learning_rate=0.1, seed=0,
-                      validation_data=(X, y), verbose=True)
-    assert history.epochs == 3
-    assert set(history.keys()) >= {"loss", "val_loss", "val_accuracy", "learning_rate",
-                                   "samples_per_second"}
-    assert history["val_loss"][-1] == pytest.approx(net.evaluate(X, y)["loss"])
-    out = capsys.readouterr().out
-    assert out.count("epoch") == 3 and "val_accuracy" in out
-
-
-def test_epoch_loss_is_the_mean_of_the_batch_losses(backend):
-    net = make_network(backend, [5, 4, 3], ["tanh", "softmax"], "cross_entropy", seed=0,
+    """val_loss and val_accuracy of each epoch are those of the parameters at its end on the
+    validation data (by the seeds' per-sample forward pass), not on the training data."""
+    net = make_network(backend, [5, 8, 3], ["relu", "softmax"], "cross_entropy", seed=0,
                        dtype="float64")
-    X, y = data(n=10)
-    loss_before = net.loss(X, y)
-    history = net.fit(X, y, epochs=1, batch_size=10, learning_rate=0.1, shuffle=False)
-    assert history["loss"][0] == pytest.approx(loss_before, rel=1e-12)
+    X, y = data()
+    X_val, y_val = data(n=15, seed=1)
+    at_epoch_end = []
+    history = net.fit(X, y, epochs=3, batch_size=5, learning_rate=0.1, seed=0,
+                      validation_data=(X_val, y_val), verbose=True,
+                      callbacks=[lambda epoch, logs: at_epoch_end.append(net.get_parameters())])
+    assert history.epochs == 3
+    assert set(history.keys()) == {"loss", "val_loss", "val_accuracy", "learning_rate", "time",
+                                   "samples_per_second"}
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3
+    for epoch, params in enumerate(at_epoch_end):
+        W, b = [p[0] for p in params], [p[1] for p in params]
+        loss = reference.batch_loss(X_val, np.eye(3)[y_val], W, b, net.activations,
+                                    net.loss_function)
+        outputs = [reference.forward_propagation(x, W, b, net.activations)[0][-1] for x in X_val]
+        accuracy = np.mean(np.argmax(outputs, axis=1) == y_val)
+        assert history["val_loss"][epoch] == pytest.approx(loss, rel=1e-12)
+        assert history["val_accuracy"][epoch] == accuracy
+        assert f"epoch {epoch + 1}/3" in out[epoch]
+        assert f"val_loss {loss:.4f}" in out[epoch]
+    assert len(set(history["val_loss"])) == 3
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("backend,path", backend_paths(), indirect=["backend"])
+def test_epoch_loss_is_the_mean_of_the_batch_losses(backend, path, shuffle, monkeypatch):
+    """Each epoch's loss is the mean over its samples of the loss each batch had at the
+    parameters of its step: batches of 4, 4 and 2, over three epochs."""
+    net, X, y = formula_problem(backend)
+    before = net.get_parameters()
+    orders = oracles.epoch_orders(len(X), 3, shuffle, 5)
+    _, _, losses = oracle_fit(net, X, y, before, optimizer="adam", learning_rate=0.1, epochs=3,
+                              batch_size=4, orders=orders)
+    calls = on_path(monkeypatch, net, path)
+    history = net.fit(X, y, epochs=3, batch_size=4, learning_rate=0.1, optimizer="adam",
+                      shuffle=shuffle, seed=5)
+    assert_path_ran(calls, path, folded_sgd=False)
+    assert history["loss"] == pytest.approx(losses, rel=1e-12)
+    assert len(set(history["loss"])) == 3
 
 
 def test_lr_schedules_and_callbacks(backend):

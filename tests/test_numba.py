@@ -1,10 +1,19 @@
-"""The Numba backend equals the NumPy backend (the batched reference) to dtype tolerance.
+"""The Numba backend's compiled kernels equal the NumPy backend (the batched reference) to
+dtype tolerance.
 
 Forward, backward, every optimizer (with l1/l2), whole ``fit`` runs on both the fused-epoch
-path and the per-kernel path (forced through ``FUSED_MAX_WIDTH``), every activation at a
-hidden and an output layer, every loss pairing, a partial last batch, batch 1 and width-1
+path and the per-kernel path (forced through ``FUSED_MAX_WIDTH``; the ``path`` fixture checks
+that every fit ran on it), every activation at a hidden and an output layer (Leaky ReLU and
+ELU also at a non-default α), every loss pairing, a partial last batch, batch 1 and width-1
 layers. Tolerances: 1e-10 relative in float64, 1e-4 in float32 (relative to the largest
 magnitude of the reference array).
+
+Dropout, clipping and the plain-SGD update folded into the weight product are NumPy's own
+code in this backend (inherited: NumPy's Generator draws the masks, BLAS gemm folds the
+update, and a compiled copy would not be faster), so comparing them with NumPy here would
+compare NumPy with itself: they are checked against independent oracles on every backend
+(tests/test_network.py, formulas; tests/test_gradients.py, finite differences with the
+dropout masks frozen).
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ import pytest
 
 pytest.importorskip("numba", reason="the numba backend needs numba: pip install 'backprop[numba]'")
 
+from support import spy  # noqa: E402
+
 from backprop import Network  # noqa: E402
+from backprop.activations import ELU, LeakyReLU  # noqa: E402
 from backprop.backends import base, get_backend  # noqa: E402
 from backprop.backends import numba as nb  # noqa: E402
 
@@ -34,6 +46,8 @@ CASES = [
     ("identity", "leaky_relu", "mse"),
     ("tanh", "elu", "mse"),
     ("relu", "sigmoid", "mse"),
+    (LeakyReLU(0.2), ELU(0.5), "mse"),
+    (ELU(0.5), LeakyReLU(0.2), "mse"),
 ]
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
 
@@ -65,9 +79,14 @@ def pair(sizes, hidden, output, loss, dtype, **kw):
 
 @pytest.fixture(params=["fused", "per-kernel"])
 def path(request, monkeypatch):
-    """Force the fused-epoch path or the per-kernel path of NumbaBackend."""
-    monkeypatch.setattr(nb, "FUSED_MAX_WIDTH", 10**9 if request.param == "fused" else 0)
-    return request.param
+    """Force the fused-epoch path or the per-kernel path of NumbaBackend; afterwards, check
+    that every epoch of the test ran on it."""
+    fused = request.param == "fused"
+    monkeypatch.setattr(nb, "FUSED_MAX_WIDTH", 10**9 if fused else 0)
+    epochs = spy(monkeypatch, get_backend("cpu", "numba"), "train_epoch")
+    yield request.param
+    assert epochs, "no epoch ran"
+    assert all(epochs) if fused else not any(epochs), f"train_epoch returned {epochs}"
 
 
 def same_parameters(net_a, net_b, dtype):
@@ -77,7 +96,7 @@ def same_parameters(net_a, net_b, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("hidden,output,loss", CASES)
+@pytest.mark.parametrize("hidden,output,loss", CASES, ids=str)
 def test_forward_backward_loss(hidden, output, loss, dtype):
     sizes = [5, 7, 6, 4]
     ref, net = pair(sizes, hidden, output, loss, dtype)
@@ -106,7 +125,7 @@ def test_optimizers_fit(optimizer, dtype, path):
             close(s, s_ref, dtype)
 
 
-@pytest.mark.parametrize("hidden,output,loss", CASES)
+@pytest.mark.parametrize("hidden,output,loss", CASES, ids=str)
 def test_fit_every_pairing(hidden, output, loss, path):
     sizes = [5, 9, 7, 4]
     for dtype in ("float64", "float32"):
@@ -161,13 +180,17 @@ def test_fused_path_is_chosen_only_where_supported():
     assert not fused(wide)
 
 
-def test_dropout_and_clipping_fall_back_to_the_kernels():
+def test_dropout_and_clipping_fall_back_to_the_kernels(monkeypatch):
+    """Such fits run step by step on numba's compiled kernels (around NumPy's dropout and
+    clipping, which tests/test_network.py and test_gradients.py check against oracles)."""
     sizes = [5, 8, 3]
     ref, net = pair(sizes, "relu", "softmax", "cross_entropy", "float64", dropout=0.3)
     X, Y = problem(sizes, "cross_entropy")
+    epochs = spy(monkeypatch, net.backend, "train_epoch")
     kw = dict(epochs=2, batch_size=8, learning_rate=0.1, seed=5, clip_norm=0.5,
               optimizer="momentum")
     close(net.fit(X, Y, **kw)["loss"], ref.fit(X, Y, **kw)["loss"], "float64")
+    assert epochs == [False, False]
     same_parameters(net, ref, "float64")
 
 
