@@ -214,13 +214,14 @@ __device__ double block_sum(double v) {
     return partial[0];
 }
 
-// total[0] += Σ_samples L(ŷ, y). One block of REDUCE_THREADS threads, a thread per row:
+// total[0] += Σ_samples L(ŷ, y), in double. One block of REDUCE_THREADS threads, a thread per
+// row; every term is formed >= 0 before it is added, so no large terms cancel:
 //   mse:                  ½ Σ (ŷ - y)²
-//   binary_cross_entropy: Σ max(z, 0) - y z + log1p(exp(-|z|))
-//   cross_entropy:        Σ_i y_i (logsumexp(z) - z_i)
+//   binary_cross_entropy: Σ z ([z > 0] - y) + log1p(exp(-|z|))
+//   cross_entropy:        Σ_i y_i ((m - z_i) + log Σ_k exp(z_k - m)), m = max_k z_k
 template <typename T>
 __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long long cols,
-                     int loss_code, T* total) {
+                     int loss_code, double* total) {
     double sum = 0.0;
     for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
         const T* a = A + r * cols;
@@ -233,20 +234,21 @@ __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long lo
             }
         } else if (loss_code == BINARY_CROSS_ENTROPY) {
             for (long long c = 0; c < cols; ++c) {
-                double v = z[c];
-                sum += (v > 0.0 ? v : 0.0) - (double)y[c] * v + log1p(exp(-fabs(v)));
+                const double v = z[c], t = y[c];
+                sum += (v > 0.0 ? v * (1.0 - t) : -v * t) + log1p(exp(-fabs(v)));
             }
         } else {  // CROSS_ENTROPY
             double top = z[0];
             for (long long c = 1; c < cols; ++c) top = (double)z[c] > top ? (double)z[c] : top;
             double e = 0.0;
             for (long long c = 0; c < cols; ++c) e += exp((double)z[c] - top);
-            double lse = top + log(e);
-            for (long long c = 0; c < cols; ++c) sum += (double)y[c] * (lse - (double)z[c]);
+            const double log_e = log(e);
+            for (long long c = 0; c < cols; ++c)
+                sum += (double)y[c] * ((top - (double)z[c]) + log_e);
         }
     }
     double s = block_sum(sum);
-    if (threadIdx.x == 0) total[0] += (T)s;
+    if (threadIdx.x == 0) total[0] += s;
 }
 
 // Gradient clipping, step 1, one launch per gradient array x: partial[b] = Σ x² over block b's

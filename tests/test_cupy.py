@@ -146,9 +146,9 @@ def test_output_delta_and_loss(dtype, gpu, loss, act):
     Ag, Yg, Zg = gpu.asarray(A), gpu.asarray(Y), gpu.asarray(Z)
     gpu.output_delta(Ag, Yg, activation, lossf, dg)
     close(dg, delta, dtype, "output delta")
-    total = np.full(1, 0.5, dtype)
+    total = np.full(1, 0.5)                       # the loss accumulates in float64
     cpu.loss(A, Z, Y, activation, lossf, total)
-    tg = gpu.asarray(np.full(1, 0.5, dtype))
+    tg = gpu.asarray(np.full(1, 0.5))
     gpu.loss(Ag, Zg, Yg, activation, lossf, tg)
     close(tg, total, dtype, "loss total")
 
@@ -284,17 +284,14 @@ def test_graphs_change_nothing(dtype, gpu, optimizer, clip, l1, dropout, shuffle
     X, Y = _data(rng, 250, 12, 3)              # 7 full batches of 32 and a partial one
     results = []
     for graphs in (False, True):
-        gpu.graphs = graphs
-        try:
-            net = Network([12, 32, 16, 3], ["relu", "elu", "softmax"], "cross_entropy",
-                          device="cuda", dtype=dtype, seed=3, dropout=dropout)
-            hist = net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.03,
-                           optimizer=optimizer, clip_norm=clip, l1=l1, shuffle=shuffle,
-                           seed=4, lr_schedule=lambda epoch, lr: lr / (1 + epoch))
-            assert (net in gpu._plans) == graphs, "the graph path was not taken"
-            results.append((hist["loss"], net.get_parameters(), net.optimizer_.t))
-        finally:
-            gpu.graphs = True
+        net = Network([12, 32, 16, 3], ["relu", "elu", "softmax"], "cross_entropy",
+                      device="cuda", dtype=dtype, seed=3, dropout=dropout)
+        net.backend.graphs = graphs                # the network's own backend instance
+        hist = net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.03,
+                       optimizer=optimizer, clip_norm=clip, l1=l1, shuffle=shuffle,
+                       seed=4, lr_schedule=lambda epoch, lr: lr / (1 + epoch))
+        assert (net in net.backend._plans) == graphs, "the graph path was not taken"
+        results.append((hist["loss"], net.get_parameters(), net.optimizer_.t))
     (loss0, params0, t0), (loss1, params1, t1) = results
     assert t0 == t1
     assert loss0 == loss1
@@ -310,7 +307,7 @@ def test_no_graphs_with_wide_layers(gpu):
     X, Y = _data(rng, 128, wide, 2)
     net = Network([wide, 8, 2], ["relu", "softmax"], "cross_entropy", device="cuda")
     net.fit(X, Y, epochs=1, batch_size=16, learning_rate=0.1)
-    assert net not in gpu._plans
+    assert net not in net.backend._plans
 
 
 def test_training_step_does_not_synchronize():
@@ -354,7 +351,8 @@ def test_to_cpu_and_back_keeps_optimizer_state(gpu):
     moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
               seed=1)                                       # a CPU epoch with the moved state
     moved.to("cuda")
-    assert moved.backend is gpu and all(gpu.is_native(W) for W in moved.W)
+    assert moved.backend.name == "cupy" and moved.device == gpu.device
+    assert all(gpu.is_native(W) for W in moved.W)
     assert all(gpu.is_native(s) for st in moved.optimizer_.state for s in st)
     moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
               seed=2)

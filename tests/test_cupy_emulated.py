@@ -32,7 +32,6 @@ def emu(monkeypatch):
     """A CuPyBackend on the emulator, registered as the 'cuda' backend for this test."""
     import backprop.backends as backends
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr(backends, "_instances", {})
     monkeypatch.setattr(backends, "is_installed", lambda name: name != "numba")
     return backends.get_backend("cuda", "cupy")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import threading
 import warnings
 import weakref
 from pathlib import Path
@@ -167,6 +168,31 @@ def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
+#: (cupy module, device index) -> the compiled RawModule; (..., name, dtype) -> its function.
+#: Per device and read-only, so shared by every backend instance (one per network).
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compiled_function(cp: Any, device: Any, index: int, name: str, dtype_name: str) -> Any:
+    """``name<ctype>`` of kernels/backprop.cu on device ``index``, compiled with NVRTC once
+    per process and device (under a lock, so concurrent first calls compile it once)."""
+    key = (cp, index, name, dtype_name)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        with _COMPILE_LOCK, device:
+            fn = _COMPILED.get(key)
+            if fn is None:
+                module = _COMPILED.get((cp, index))
+                if module is None:
+                    module = _COMPILED[(cp, index)] = cp.RawModule(
+                        code=kernel_source(), options=COMPILE_OPTIONS,
+                        name_expressions=NAME_EXPRESSIONS)
+                ctype = (COUNTER_CTYPES if name == "increment" else CTYPES)[dtype_name]
+                fn = _COMPILED[key] = module.get_function(f"{name}<{ctype}>")
+    return fn
+
+
 # ---------------------------------------------------------------------- the backend
 
 class CuPyBackend(Backend):
@@ -197,7 +223,6 @@ class CuPyBackend(Backend):
         self.graphs = os.environ.get("BACKPROP_CUDA_GRAPHS", "1") != "0"
         #: widths up to this use our own matmul kernel (and allow graphs); 0: always cuBLAS
         self.small_width = int(os.environ.get("BACKPROP_CUDA_SMALL_WIDTH", SMALL_WIDTH))
-        self._module: Any = None
         self._functions: dict[tuple[str, str], Any] = {}
         self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
         self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
@@ -209,18 +234,12 @@ class CuPyBackend(Backend):
     # ------------------------------------------------------------------ compiling, launching
 
     def _kernel(self, name: str, dtype: Any) -> Any:
-        """The compiled ``name<ctype>`` (the module is compiled on first use)."""
+        """The compiled ``name<ctype>`` (the module is compiled on first use per device)."""
         key = (name, np.dtype(dtype).name)
         fn = self._functions.get(key)
         if fn is None:
-            if self._module is None:
-                with self._device:
-                    self._module = self.xp.RawModule(code=kernel_source(),
-                                                     options=COMPILE_OPTIONS,
-                                                     name_expressions=NAME_EXPRESSIONS)
-            ctype = (COUNTER_CTYPES if name == "increment" else CTYPES)[key[1]]
-            with self._device:
-                fn = self._functions[key] = self._module.get_function(f"{name}<{ctype}>")
+            fn = self._functions[key] = _compiled_function(self.xp, self._device, self.index,
+                                                           *key)
         return fn
 
     def _launch(self, name: str, dtype: Any, grid: Any, block: Any, args: tuple) -> None:
@@ -416,7 +435,8 @@ class CuPyBackend(Backend):
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
              total: Array) -> None:
         B, n = A.shape
-        self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)), (total, (1,)))
+        self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)))
+        self._check(np.float64, (total, (1,)))
         self._launch("loss", A.dtype, (1,), (REDUCE_THREADS,),
                      (A, Z, Y, np.int64(B), np.int64(n), np.int32(loss.code), total))
 
