@@ -169,6 +169,8 @@ class Network:
         self.backend = backend
         #: training workspaces by batch size, least recently used first (TRAIN_WORKSPACES)
         self._workspaces: dict[int, Workspace] = {}
+        #: during a fit, the training workspaces from before it, reused if it asks for them
+        self._previous: dict[int, Workspace] = {}
         #: the one inference workspace: the largest chunk so far, sliced for smaller ones
         self._inference: Workspace | None = None
         self._grads: list[tuple[Array, Array]] | None = None
@@ -263,7 +265,8 @@ class Network:
 
         Training (``train``): allocated on first use and kept for the TRAIN_WORKSPACES batch
         sizes used last (a fit's batch size and its partial last batch); an older one is
-        released. Inference: one workspace, grown (at least doubling, up to INFERENCE_BATCH)
+        released, and so are, at the end of a fit, those it did not use. Inference: one
+        workspace, grown (at least doubling, up to INFERENCE_BATCH)
         when a larger batch comes and sliced (:meth:`Workspace.rows`) for smaller ones, so a
         network serving requests of any size keeps at most one.
         """
@@ -275,7 +278,7 @@ class Network:
                 ws = self._inference = Workspace(self.backend, self.layer_sizes, self.dtype,
                                                  size, self.dropout, train=False)
             return ws.rows(batch)
-        ws = self._workspaces.pop(batch, None)
+        ws = self._workspaces.pop(batch, None) or self._previous.pop(batch, None)
         if ws is None:
             while len(self._workspaces) >= TRAIN_WORKSPACES:
                 del self._workspaces[next(iter(self._workspaces))]   # least recently used
@@ -469,11 +472,17 @@ class Network:
                 notice = self.backend.compile_notice(self.dtype)
                 if notice:
                     print(notice, flush=True)
-            return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
-                       learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
-                       seed=seed, validation_data=validation_data, l1=l1, l2=l2,
-                       clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
-                       verbose=verbose)
+            # the fit keeps the training workspaces it uses (reusing those of a previous fit
+            # of the same batch sizes) and the others are released when it ends
+            self._previous, self._workspaces = self._workspaces, {}
+            try:
+                return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
+                           learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
+                           seed=seed, validation_data=validation_data, l1=l1, l2=l2,
+                           clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
+                           verbose=verbose)
+            finally:
+                self._previous = {}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+import threading
 import types
 from pathlib import Path
 
@@ -157,7 +158,10 @@ random = types.SimpleNamespace(default_rng=lambda seed=None: _Generator(seed))
 _CTYPES = {np.dtype(np.int32): ctypes.c_int32, np.dtype(np.int64): ctypes.c_int64,
            np.dtype(np.uint64): ctypes.c_uint64, np.dtype(np.float32): ctypes.c_float,
            np.dtype(np.float64): ctypes.c_double}
-_state = types.SimpleNamespace(dll=None, capturing=None, launches=0)
+# the emulator's C++ state is global: one launch runs at a time (lock); a stream capture records
+# the launches of its own thread (capturing), as CUDA records those of the capturing stream
+_state = types.SimpleNamespace(dll=None, launches=0, lock=threading.Lock())
+_capture = threading.local()
 
 
 def _arg(x):
@@ -190,8 +194,9 @@ class RawKernel:
                 and 0 < block[0] * block[1] * block[2] <= 1024 and block[2] <= 64):
             raise ValueError(f"{self.name}: grid {grid} / block {block} exceed CUDA's limits")
         launch = (self.name, grid, block, values)
-        if _state.capturing is not None:
-            _state.capturing.append(launch)          # a graph node: arguments by value
+        capturing = getattr(_capture, "launches", None)
+        if capturing is not None:
+            capturing.append(launch)                 # a graph node: arguments by value
         else:
             _run(launch)
 
@@ -199,11 +204,12 @@ class RawKernel:
 def _run(launch) -> None:
     name, grid, block, values = launch
     pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    rc = _state.dll.emulate(name.encode(), (ctypes.c_uint * 3)(*grid),
-                            (ctypes.c_uint * 3)(*block), pointers)
+    with _state.lock:
+        rc = _state.dll.emulate(name.encode(), (ctypes.c_uint * 3)(*grid),
+                                (ctypes.c_uint * 3)(*block), pointers)
+        _state.launches += 1
     if rc:
         raise RuntimeError(f"no kernel named {name!r} in the module")
-    _state.launches += 1
 
 
 class RawModule:
@@ -239,11 +245,11 @@ class Stream:
         return False
 
     def begin_capture(self, mode=None) -> None:
-        assert _state.capturing is None
-        _state.capturing = []
+        assert getattr(_capture, "launches", None) is None
+        _capture.launches = []
 
     def end_capture(self) -> Graph:
-        graph, _state.capturing = Graph(_state.capturing), None
+        graph, _capture.launches = Graph(_capture.launches), None
         return graph
 
     def record(self, event=None):
