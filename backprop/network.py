@@ -172,7 +172,9 @@ class Network:
         #: during a fit, the training workspaces from before it, reused if it asks for them
         self._previous: dict[int, Workspace] = {}
         #: the one inference workspace: the largest chunk so far, sliced for smaller ones
+        #: (the last slice is kept: a server repeats request sizes)
         self._inference: Workspace | None = None
+        self._inference_rows: Workspace | None = None
         self._grads: list[tuple[Array, Array]] | None = None
 
     # ------------------------------------------------------------------ parameters
@@ -274,10 +276,12 @@ class Network:
             ws = self._inference
             if ws is None or ws.batch < batch:
                 size = batch if ws is None else max(batch, min(2 * ws.batch, INFERENCE_BATCH))
-                self._inference = ws = None           # release the old one first
+                self._inference = self._inference_rows = ws = None   # release the old first
                 ws = self._inference = Workspace(self.backend, self.layer_sizes, self.dtype,
                                                  size, self.dropout, train=False)
-            return ws.rows(batch)
+            if self._inference_rows is None or self._inference_rows.batch != batch:
+                self._inference_rows = ws.rows(batch)
+            return self._inference_rows
         ws = self._workspaces.pop(batch, None) or self._previous.pop(batch, None)
         if ws is None:
             while len(self._workspaces) >= TRAIN_WORKSPACES:
@@ -372,22 +376,25 @@ class Network:
         Calls from several threads run one at a time (see :mod:`backprop.guard`).
         """
         with self._guard.call("forward"):
-            X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
-            shape = (X.shape[0], self.layer_sizes[-1])
-            if out is None:
-                out = self.backend.empty(shape, self.dtype)
-            elif (tuple(out.shape) != shape or out.dtype != self.dtype
-                  or not self.backend.is_native(out)):
-                raise ValueError(f"out: expected a {self.dtype.name} array of shape {shape} on "
-                                 f"{self.device}")
-            for rows, ws in self._inference_chunks(X):
-                self.backend.copy(ws.A[-1], out[rows])
-            return out
+            return self._outputs(X, out)
+
+    def _outputs(self, X: Any, out: Array | None) -> Array:
+        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
+        shape = (X.shape[0], self.layer_sizes[-1])
+        if out is None:
+            out = self.backend.empty(shape, self.dtype)
+        elif (tuple(out.shape) != shape or out.dtype != self.dtype
+              or not self.backend.is_native(out)):
+            raise ValueError(f"out: expected a {self.dtype.name} array of shape {shape} on "
+                             f"{self.device}")
+        for rows, ws in self._inference_chunks(X):
+            self.backend.copy(ws.A[-1], out[rows])
+        return out
 
     def predict(self, X: Any) -> np.ndarray:
         """The output activations as a NumPy array (n_samples, n_L)."""
         with self._guard.call("predict"):
-            return self.backend.to_numpy(self.forward(X))
+            return self.backend.to_numpy(self._outputs(X, None))
 
     def predict_classes(self, X: Any) -> np.ndarray:
         """Class labels: argmax of the outputs (one output unit: ŷ >= 0.5)."""
