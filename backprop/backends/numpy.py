@@ -288,6 +288,8 @@ class NumPyBackend(Backend):
 
     def _sum_squares(self, x: Array, scale: float) -> float:
         """Σ (scale · x)², accumulated in float64 (``scale`` a power of two: exact)."""
+        if x.dtype == FLOAT64 and scale == 1.0:
+            return _dot64(x.reshape(-1))
         y = self._scratch((x.size,), FLOAT64, F64)
         np.copyto(y, x.reshape(-1))
         if scale != 1.0:
