@@ -3,6 +3,10 @@
 Layer l = 1..L computes ``Z = A_prev @ W.T + b`` and ``A = σ(Z)`` with W of shape
 (n_l, n_{l-1}); samples are rows. All arithmetic is done by the backend's kernels on buffers
 that are allocated once per batch size (a :class:`Workspace`) and reused.
+
+A network owns everything it mutates: its parameters, workspaces and gradient buffers, and its
+own backend instance (scratch, dropout's random generator). Networks in different threads are
+independent; calls on one network from several threads are serialised (:mod:`backprop.guard`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from . import init as _init
 from . import losses as _losses
 from . import optimizers as _optimizers
 from . import state as _state
-from .backends import get_backend, to_numpy
+from .backends import get_backend, resolve_backend, to_numpy
 from .backends.base import Array, Backend
+from .guard import CallGuard
 from .validation import check_architecture, check_dtype, check_X, check_Y
 
 if TYPE_CHECKING:
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
 
 #: largest batch a forward pass over many samples runs at once (bounds workspace memory)
 INFERENCE_BATCH = 4096
+#: training workspaces kept: those of the current fit's batch size and its partial last batch
+TRAIN_WORKSPACES = 2
 
 
 class Workspace:
@@ -35,7 +42,7 @@ class Workspace:
     ``A[l]`` (B, n_{l+1}): activations of layer l+1 (hidden layers keep no Z); ``Z`` (B, n_L):
     the output pre-activation; ``delta[l]`` like ``A[l]``; with dropout, ``mask[l]`` and
     ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
-    ``total``: the summed loss; ``scale``: the clipping factor.
+    ``total``: the summed loss (float64); ``scale``: the clipping factor.
 
     Only a training step (:meth:`Network.train_step`) draws masks into ``mask`` and applies
     them; no other pass reads them.
@@ -47,7 +54,7 @@ class Workspace:
         n_out = sizes[-1]
         self.A = [backend.empty((batch, n), dtype) for n in sizes[1:]]
         self.Z = backend.empty((batch, n_out), dtype)
-        self.total = backend.zeros((1,), dtype)
+        self.total = backend.zeros((1,), np.float64)
         self.delta: list[Array] = []
         self.mask: list[Array | None] = []
         self.dropped: list[Array | None] = []
@@ -61,6 +68,21 @@ class Workspace:
             self.Y = backend.empty((batch, n_out), dtype)
             self.index = backend.empty((batch,), np.int64)
             self.scale = backend.zeros((1,), dtype)
+
+    def rows(self, batch: int) -> "Workspace":
+        """A workspace of ``batch`` <= ``self.batch`` rows that uses this one's leading rows
+        (no allocation but the views; ``total`` and ``scale`` are shared)."""
+        if batch == self.batch:
+            return self
+        view = Workspace.__new__(Workspace)
+        view.__dict__.update(self.__dict__)
+        view.batch = batch
+        for name in ("A", "delta", "mask", "dropped"):
+            setattr(view, name, [None if a is None else a[:batch] for a in getattr(self, name)])
+        for name in ("Z", "X", "Y", "index"):
+            if hasattr(self, name):
+                setattr(view, name, getattr(self, name)[:batch])
+        return view
 
 
 class Network:
@@ -113,13 +135,12 @@ class Network:
         self.dtype = check_dtype(dtype)
         inits = _per_layer("init", init, n_layers, lambda s: None if s is None else _init.get(s))
         self.dropout = _check_dropout(dropout, n_layers - 1)
-        self.backend = get_backend(device, backend)
+        self._guard = CallGuard()
+        self._attach(get_backend(device, backend))
         self.optimizer_: _optimizers.Optimizer | None = None
         #: the History of the last fit (a resumed fit's includes the epochs before the resume)
         self.history_: History | None = None
         self._shuffle_rng: np.random.Generator | None = None   # the last fit's shuffle order
-        self._workspaces: dict[tuple[int, bool], Workspace] = {}
-        self._grads: list[tuple[Array, Array]] | None = None
 
         rng = np.random.default_rng(seed)
         host = []
@@ -156,6 +177,22 @@ class Network:
         return (f"Network({self.layer_sizes}, {acts}, {self.loss_function.name!r}, "
                 f"device={self.device!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})")
 
+    def _attach(self, backend: Backend) -> None:
+        """Make ``backend`` (an instance of this network's own) the network's, with no
+        workspaces or gradient buffers yet: everything a network holds besides its
+        parameters, optimizer, history and ``_guard`` is made here, and none of it needs
+        saving or pickling."""
+        self.backend = backend
+        #: training workspaces by batch size, least recently used first (TRAIN_WORKSPACES)
+        self._workspaces: dict[int, Workspace] = {}
+        #: during a fit, the training workspaces from before it, reused if it asks for them
+        self._previous: dict[int, Workspace] = {}
+        #: the one inference workspace: the largest chunk so far, sliced for smaller ones
+        #: (the last slice is kept: a server repeats request sizes)
+        self._inference: Workspace | None = None
+        self._inference_rows: Workspace | None = None
+        self._grads: list[tuple[Array, Array]] | None = None
+
     # ------------------------------------------------------------------ parameters
 
     def _load_host_parameters(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
@@ -171,9 +208,10 @@ class Network:
 
     def get_parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """NumPy copies of ``(W, b)`` per layer; W of shape (n_l, n_{l-1}), b of shape (n_l,)."""
-        be = self.backend
-        return [(np.array(be.to_numpy(W)), np.array(be.to_numpy(b)))
-                for W, b in zip(self.W, self.b)]
+        with self._guard.call("get_parameters"):
+            be = self.backend
+            return [(np.array(be.to_numpy(W)), np.array(be.to_numpy(b)))
+                    for W, b in zip(self.W, self.b)]
 
     def set_parameters(self, pairs: Sequence[tuple[Any, Any]]) -> None:
         """Copy in ``(W, b)`` per layer from arrays of any backend; validated before any write
@@ -197,25 +235,26 @@ class Network:
                     raise ValueError(f"parameters: layer {l + 1} has values outside the range of "
                                      f"{self.dtype.name} (largest magnitude {biggest:.4g})")
             host.append((W, b))
-        for l, (W, b) in enumerate(host):
-            self.backend.copy(self.backend.asarray(W, self.dtype), self.W[l])
-            self.backend.copy(self.backend.asarray(b, self.dtype), self.b[l])
+        with self._guard.call("set_parameters"):
+            for l, (W, b) in enumerate(host):
+                self.backend.copy(self.backend.asarray(W, self.dtype), self.W[l])
+                self.backend.copy(self.backend.asarray(b, self.dtype), self.b[l])
 
     def to(self, device: str, backend: str | None = None) -> "Network":
-        """Move parameters and optimizer state to another device/backend, in place."""
-        target = get_backend(device, backend)
-        if target is self.backend:
+        """Move parameters and optimizer state to another device/backend, in place; the
+        network gets a backend instance of its own there (workspaces are made anew)."""
+        if resolve_backend(device, backend) == (self.backend.name, self.backend.device):
             return self
-        source = self.backend
-        state = self.optimizer_
-        self.backend = target
-        self.W = [target.asarray(source.to_numpy(W)) for W in self.W]
-        self.b = [target.asarray(source.to_numpy(b)) for b in self.b]
-        if state is not None:
-            state.state = [tuple(target.asarray(source.to_numpy(s)) for s in st)
-                           for st in state.state]
-        self._workspaces.clear()
-        self._grads = None
+        with self._guard.call("to"):
+            source, target = self.backend, get_backend(device, backend)
+            W = [target.asarray(source.to_numpy(W)) for W in self.W]
+            b = [target.asarray(source.to_numpy(b)) for b in self.b]
+            state = self.optimizer_
+            if state is not None:
+                state.state = [tuple(target.asarray(source.to_numpy(s)) for s in st)
+                               for st in state.state]
+            self._attach(target)
+            self.W, self.b = W, b
         return self
 
     def save(self, path: str | Path) -> None:
@@ -245,12 +284,32 @@ class Network:
     # ------------------------------------------------------------------ workspaces
 
     def workspace(self, batch: int, train: bool = True) -> Workspace:
-        """The buffers for batches of ``batch`` rows (allocated on first use, then kept)."""
-        key = (batch, train)
-        ws = self._workspaces.get(key)
+        """The buffers for batches of ``batch`` rows.
+
+        Training (``train``): allocated on first use and kept for the TRAIN_WORKSPACES batch
+        sizes used last (a fit's batch size and its partial last batch); an older one is
+        released, and so are, at the end of a fit, those it did not use. Inference: one
+        workspace, grown (at least doubling, up to INFERENCE_BATCH)
+        when a larger batch comes and sliced (:meth:`Workspace.rows`) for smaller ones, so a
+        network serving requests of any size keeps at most one.
+        """
+        if not train:
+            ws = self._inference
+            if ws is None or ws.batch < batch:
+                size = batch if ws is None else max(batch, min(2 * ws.batch, INFERENCE_BATCH))
+                self._inference = self._inference_rows = ws = None   # release the old first
+                ws = self._inference = Workspace(self.backend, self.layer_sizes, self.dtype,
+                                                 size, self.dropout, train=False)
+            if self._inference_rows is None or self._inference_rows.batch != batch:
+                self._inference_rows = ws.rows(batch)
+            return self._inference_rows
+        ws = self._workspaces.pop(batch, None) or self._previous.pop(batch, None)
         if ws is None:
-            ws = self._workspaces[key] = Workspace(self.backend, self.layer_sizes, self.dtype,
-                                                   batch, self.dropout, train)
+            while len(self._workspaces) >= TRAIN_WORKSPACES:
+                del self._workspaces[next(iter(self._workspaces))]   # least recently used
+            ws = Workspace(self.backend, self.layer_sizes, self.dtype, batch, self.dropout,
+                           train=True)
+        self._workspaces[batch] = ws                  # now the most recently used
         return ws
 
     def gradients(self) -> list[tuple[Array, Array]]:
@@ -347,12 +406,18 @@ class Network:
         """The output activations ŷ (n_samples, n_L) on the network's device.
 
         ``out``, if given, is a device array of that shape to write into (no allocation).
+        Calls from several threads run one at a time (see :mod:`backprop.guard`).
         """
+        with self._guard.call("forward"):
+            return self._outputs(X, out)
+
+    def _outputs(self, X: Any, out: Array | None) -> Array:
         X = check_X(self.backend, X, self.layer_sizes[0], self.dtype)
         shape = (X.shape[0], self.layer_sizes[-1])
         if out is None:
             out = self.backend.empty(shape, self.dtype)
-        elif tuple(out.shape) != shape or out.dtype != self.dtype or not self.backend.is_native(out):
+        elif (tuple(out.shape) != shape or out.dtype != self.dtype
+              or not self.backend.is_native(out)):
             raise ValueError(f"out: expected a {self.dtype.name} array of shape {shape} on "
                              f"{self.device}")
         for rows, ws in self._inference_chunks(X):
@@ -361,7 +426,8 @@ class Network:
 
     def predict(self, X: Any) -> np.ndarray:
         """The output activations as a NumPy array (n_samples, n_L)."""
-        return self.backend.to_numpy(self.forward(X))
+        with self._guard.call("predict"):
+            return self.backend.to_numpy(self._outputs(X, None))
 
     def predict_classes(self, X: Any) -> np.ndarray:
         """Class labels: argmax of the outputs (one output unit: ŷ >= 0.5)."""
@@ -379,8 +445,9 @@ class Network:
 
     def loss(self, X: Any, Y: Any) -> float:
         """The mean per-sample loss over (X, Y)."""
-        X, Y = self._prepare(X, Y)
-        return self._mean_loss(X, Y)
+        with self._guard.call("loss"):
+            X, Y = self._prepare(X, Y)
+            return self._mean_loss(X, Y)
 
     def _mean_loss(self, X: Array, Y: Array) -> float:
         be = self.backend
@@ -398,20 +465,22 @@ class Network:
         Runs in a workspace and gradient arrays of its own, made for this call: it reads no
         dropout mask and changes nothing in the network.
         """
-        X, Y = self._prepare(X, Y)
-        be = self.backend
-        ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
-                       [0.0] * len(self.dropout), train=True)
-        grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                 for W, b in zip(self.W, self.b)]
-        inputs = self._forward(ws, X, train=False)
-        self._backward(ws, inputs, Y, train=False, grads=grads)
-        return grads
+        with self._guard.call("backward"):
+            X, Y = self._prepare(X, Y)
+            be = self.backend
+            ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
+                           [0.0] * len(self.dropout), train=True)
+            grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                     for W, b in zip(self.W, self.b)]
+            inputs = self._forward(ws, X, train=False)
+            self._backward(ws, inputs, Y, train=False, grads=grads)
+            return grads
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
-        X, Y = self._prepare(X, Y)
-        return self._evaluate(X, Y)
+        with self._guard.call("evaluate"):
+            X, Y = self._prepare(X, Y)
+            return self._evaluate(X, Y)
 
     def _evaluate(self, X: Array, Y: Array) -> dict[str, float]:
         result = {"loss": self._mean_loss(X, Y)}
@@ -434,13 +503,29 @@ class Network:
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
             on_nonfinite: str = "warn") -> "History":
-        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`."""
+        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
+
+        Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
+        is running on this network in another thread; while fit runs, such calls from other
+        threads raise RuntimeError in turn (see :mod:`backprop.guard`).
+        """
         from .training import fit
-        return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
-                   learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle, seed=seed,
-                   validation_data=validation_data, l1=l1, l2=l2, clip_norm=clip_norm,
-                   lr_schedule=lr_schedule, callbacks=callbacks, verbose=verbose,
-                   checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+        with self._guard.fit():
+            if verbose in (True, "progress"):
+                notice = self.backend.compile_notice(self.dtype)
+                if notice:
+                    print(notice, flush=True)
+            # the fit keeps the training workspaces it uses (reusing those of a previous fit
+            # of the same batch sizes) and the others are released when it ends
+            self._previous, self._workspaces = self._workspaces, {}
+            try:
+                return fit(self, X, Y, epochs=epochs, batch_size=batch_size,
+                           learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
+                           seed=seed, validation_data=validation_data, l1=l1, l2=l2,
+                           clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
+                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+            finally:
+                self._previous = {}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -214,13 +214,14 @@ __device__ double block_sum(double v) {
     return partial[0];
 }
 
-// total[0] += Σ_samples L(ŷ, y). One block of REDUCE_THREADS threads, a thread per row:
+// total[0] += Σ_samples L(ŷ, y), in double. One block of REDUCE_THREADS threads, a thread per
+// row; every term is formed >= 0 before it is added, so no large terms cancel:
 //   mse:                  ½ Σ (ŷ - y)²
-//   binary_cross_entropy: Σ max(z, 0) - y z + log1p(exp(-|z|))
-//   cross_entropy:        Σ_i y_i (logsumexp(z) - z_i)
+//   binary_cross_entropy: Σ z ([z > 0] - y) + log1p(exp(-|z|))
+//   cross_entropy:        Σ_i y_i ((m - z_i) + log Σ_k exp(z_k - m)), m = max_k z_k
 template <typename T>
 __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long long cols,
-                     int loss_code, T* total) {
+                     int loss_code, double* total) {
     double sum = 0.0;
     for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
         const T* a = A + r * cols;
@@ -233,44 +234,84 @@ __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long lo
             }
         } else if (loss_code == BINARY_CROSS_ENTROPY) {
             for (long long c = 0; c < cols; ++c) {
-                double v = z[c];
-                sum += (v > 0.0 ? v : 0.0) - (double)y[c] * v + log1p(exp(-fabs(v)));
+                const double v = z[c], t = y[c];
+                sum += (v > 0.0 ? v * (1.0 - t) : -v * t) + log1p(exp(-fabs(v)));
             }
         } else {  // CROSS_ENTROPY
             double top = z[0];
             for (long long c = 1; c < cols; ++c) top = (double)z[c] > top ? (double)z[c] : top;
             double e = 0.0;
             for (long long c = 0; c < cols; ++c) e += exp((double)z[c] - top);
-            double lse = top + log(e);
-            for (long long c = 0; c < cols; ++c) sum += (double)y[c] * (lse - (double)z[c]);
+            const double log_e = log(e);
+            for (long long c = 0; c < cols; ++c)
+                sum += (double)y[c] * ((top - (double)z[c]) + log_e);
         }
     }
     double s = block_sum(sum);
-    if (threadIdx.x == 0) total[0] += (T)s;
+    if (threadIdx.x == 0) total[0] += s;
 }
 
-// Gradient clipping, step 1, one launch per gradient array x: partial[b] = Σ x² over block b's
-// grid-stride share. The grid (≤ NORM_BLOCKS in cupy.py) depends on n alone: deterministic.
+// The largest v over the block, valid in every thread. blockDim.x == REDUCE_THREADS.
+__device__ double block_max(double v) {
+    __shared__ double top[REDUCE_THREADS];
+    top[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = REDUCE_THREADS / 2; half > 0; half /= 2) {
+        if ((int)threadIdx.x < half && top[threadIdx.x + half] > top[threadIdx.x])
+            top[threadIdx.x] = top[threadIdx.x + half];
+        __syncthreads();
+    }
+    return top[0];
+}
+
+#define DOUBLE_MAX 1.7976931348623157e308
+
+// Gradient clipping, step 1, one launch per gradient array x: block b writes the pair
+// partial[2b] = s_b = Σ (x · 2^-e_b)² and partial[2b + 1] = e_b over its grid-stride share, so
+// Σ x² = Σ_b s_b 2^(2 e_b). For float x, e_b = 0: squares summed in double cannot overflow
+// (|x|² < 2^256). For double x, e_b is the exponent of the share's largest |x| (frexp), so no
+// square overflows while ‖x‖ is representable; scaling by a power of two is exact. The grid
+// (≤ NORM_BLOCKS in cupy.py) depends on n alone: deterministic.
 template <typename T>
 __global__ void sum_squares(const T* x, long long n, double* partial) {
+    int e = 0;
+    if (sizeof(T) == sizeof(double)) {
+        double top = 0.0;
+        GRID_STRIDE(i, n) {
+            const double v = fabs((double)x[i]);
+            top = v > top ? v : top;
+        }
+        top = block_max(top);
+        if (top > 0.0 && top <= DOUBLE_MAX) frexp(top, &e);   // top = f · 2^e, ½ ≤ f < 1
+    }
+    const double scale = ldexp(1.0, -e);
     double sum = 0.0;
     GRID_STRIDE(i, n) {
-        const double v = x[i];
+        const double v = (double)x[i] * scale;
         sum += v * v;
     }
     const double s = block_sum(sum);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+    if (threadIdx.x == 0) {
+        partial[2 * blockIdx.x] = s;
+        partial[2 * blockIdx.x + 1] = (double)e;
+    }
 }
 
 // Gradient clipping, step 2, one block: out[0] = min(1, max_norm / ‖g‖) with
-// ‖g‖² = Σ partial[0 … count - 1], summed in a fixed order.
+// ‖g‖² = 2^(2E) Σ_b s_b 2^(2(e_b - E)), E = max_b e_b, over the count pairs (s_b, e_b) of
+// sum_squares, summed in a fixed order.
 template <typename T>
 __global__ void clip_factor(const double* partial, long long count, T* out, T max_norm) {
+    double top = -DOUBLE_MAX;
+    for (long long i = threadIdx.x; i < count; i += REDUCE_THREADS)
+        top = partial[2 * i + 1] > top ? partial[2 * i + 1] : top;
+    const int E = (int)block_max(top);
     double sum = 0.0;
-    for (long long i = threadIdx.x; i < count; i += REDUCE_THREADS) sum += partial[i];
+    for (long long i = threadIdx.x; i < count; i += REDUCE_THREADS)
+        sum += ldexp(partial[2 * i], 2 * ((int)partial[2 * i + 1] - E));
     const double s = block_sum(sum);
     if (threadIdx.x == 0) {
-        const double norm = sqrt(s);
+        const double norm = ldexp(sqrt(s), E);
         out[0] = norm <= (double)max_norm ? T(1) : T((double)max_norm / norm);
     }
 }

@@ -243,13 +243,12 @@ def fake_cupy():
 
 
 def use_emulator(monkeypatch):
-    """Make ``cupy`` (and ``cupyx``, ``cupy_backends``) the emulator for one test, with fresh
-    backend instances; numba stays as installed. Returns the fake module."""
+    """Make ``cupy`` (and ``cupyx``, ``cupy_backends``) the emulator for one test; numba
+    stays as installed. Returns the fake module."""
     import backprop.backends as backends
     fake = fake_cupy()
     for name, module in fake.modules().items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(backends, "_instances", {})
     installed = backends.is_installed
     monkeypatch.setattr(backends, "is_installed",
                         lambda name: name == "cupy" or installed(name))

@@ -135,7 +135,6 @@ def test_import_needs_numpy_only():
 def test_backend_errors_name_what_is_missing(monkeypatch):
     import backprop.backends as backends
     monkeypatch.setattr(backends, "is_installed", lambda name: name == "numpy")
-    monkeypatch.setattr(backends, "_instances", {})
     with pytest.raises(ImportError, match=r"backend 'numba' needs the 'numba' package.*backprop\[numba\]"):
         get_backend("cpu", "numba")
     with pytest.raises(ImportError, match=r"'cupy' package.*backprop\[cuda\]"):

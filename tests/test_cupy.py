@@ -182,9 +182,9 @@ def test_output_delta_and_loss(dtype, gpu, loss, act):
     Ag, Yg, Zg = gpu.asarray(A), gpu.asarray(Y), gpu.asarray(Z)
     gpu.output_delta(Ag, Yg, activation, lossf, dg)
     close(dg, delta, dtype, "output delta")
-    total = np.full(1, 0.5, dtype)
+    total = np.full(1, 0.5)                       # the loss accumulates in float64
     cpu.loss(A, Z, Y, activation, lossf, total)
-    tg = gpu.asarray(np.full(1, 0.5, dtype))
+    tg = gpu.asarray(np.full(1, 0.5))
     gpu.loss(Ag, Zg, Yg, activation, lossf, tg)
     close(tg, total, dtype, "loss total")
 
@@ -318,7 +318,7 @@ def test_fit_equals_numpy(dtype, gpu, sizes, cublas, optimizer, clip, monkeypatc
     hist = [net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.05, optimizer=optimizer,
                     clip_norm=clip, l2=1e-3, seed=2) for net in nets]
     assert bool(calls) == cublas, "the products did not take the expected path"
-    assert (nets[1] in gpu._plans) == (not cublas), "graphs were not used where they apply"
+    assert (nets[1] in nets[1].backend._plans) == (not cublas), "graphs: the wrong path"
     tol = RTOL[np.dtype(dtype)]
     np.testing.assert_allclose(hist[1]["loss"], hist[0]["loss"], rtol=tol)
     for l, ((W0, b0), (W1, b1), (Wi, bi)) in enumerate(zip(nets[0].get_parameters(),
@@ -341,17 +341,14 @@ def test_graphs_change_nothing(dtype, gpu, optimizer, clip, l1, dropout, shuffle
     X, Y = _data(rng, 250, 12, 3)              # 7 full batches of 32 and a partial one
     results = []
     for graphs in (False, True):
-        gpu.graphs = graphs
-        try:
-            net = Network([12, 32, 16, 3], ["relu", "elu", "softmax"], "cross_entropy",
-                          device="cuda", dtype=dtype, seed=3, dropout=dropout)
-            hist = net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.03,
-                           optimizer=optimizer, clip_norm=clip, l1=l1, shuffle=shuffle,
-                           seed=4, lr_schedule=lambda epoch, lr: lr / (1 + epoch))
-            assert (net in gpu._plans) == graphs, "the graph path was not taken"
-            results.append((hist["loss"], net.get_parameters(), net.optimizer_.t))
-        finally:
-            gpu.graphs = True
+        net = Network([12, 32, 16, 3], ["relu", "elu", "softmax"], "cross_entropy",
+                      device="cuda", dtype=dtype, seed=3, dropout=dropout)
+        net.backend.graphs = graphs                # the network's own backend instance
+        hist = net.fit(X, Y, epochs=3, batch_size=32, learning_rate=0.03,
+                       optimizer=optimizer, clip_norm=clip, l1=l1, shuffle=shuffle,
+                       seed=4, lr_schedule=lambda epoch, lr: lr / (1 + epoch))
+        assert (net in net.backend._plans) == graphs, "the graph path was not taken"
+        results.append((hist["loss"], net.get_parameters(), net.optimizer_.t))
     (loss0, params0, t0), (loss1, params1, t1) = results
     assert t0 == t1
     assert loss0 == loss1
@@ -371,7 +368,7 @@ def test_no_graphs_with_wide_layers(gpu, monkeypatch):
                     dtype="float64", seed=0) for d, b in (("cpu", "numpy"), ("cuda", "cupy"))]
     for net in nets:
         net.fit(X, Y, epochs=1, batch_size=16, learning_rate=0.1, seed=0)
-    assert nets[1] not in gpu._plans
+    assert nets[1] not in nets[1].backend._plans
     assert len(calls) >= 8, "the first layer's products did not run on cuBLAS"
     for (W0, b0), (W1, b1) in zip(nets[0].get_parameters(), nets[1].get_parameters()):
         np.testing.assert_allclose(W1, W0, rtol=1e-9, atol=1e-12)
@@ -415,7 +412,6 @@ def test_failed_capture_disables_graphs_for_that_plan_only(gpu, monkeypatch):
         return Network([6, 8, 3], ["tanh", "softmax"], "cross_entropy", device="cuda",
                        dtype="float64", seed=0)
     kw = dict(epochs=2, batch_size=16, learning_rate=0.1, seed=1)
-    capture = gpu._capture_step
     from backprop.optimizers import SGD
     same = SGD()                                # one configuration: the same optimizer
     refused = []
@@ -423,24 +419,24 @@ def test_failed_capture_disables_graphs_for_that_plan_only(gpu, monkeypatch):
     def refuse(*args, **kwargs):
         refused.append(1)
         raise RuntimeError("cudaErrorStreamCaptureUnsupported (simulated)")
-    monkeypatch.setattr(gpu, "_capture_step", refuse)
-    failing = network()
+    failing, healthy = network(), network()     # each with a backend instance of its own
+    monkeypatch.setattr(failing.backend, "_capture_step", refuse)
     with pytest.warns(RuntimeWarning, match="capture failed") as warned:
         failing.fit(X, Y, optimizer=same, **kw)               # 2 epochs: 1 capture tried
-    assert refused == [1] and len(warned) == 1 and gpu._plans[failing].graph is None
-    monkeypatch.setattr(gpu, "_capture_step", capture)
-    healthy = network()
+    assert refused == [1] and len(warned) == 1
+    assert failing.backend._plans[failing].graph is None
     healthy.fit(X, Y, optimizer=SGD(), **kw)
-    assert gpu.graphs and gpu._plans[healthy].graph is not None
+    assert healthy.backend.graphs and healthy.backend._plans[healthy].graph is not None
     for (W0, b0), (W1, b1) in zip(healthy.get_parameters(), failing.get_parameters()):
         np.testing.assert_array_equal(W1, W0)
         np.testing.assert_array_equal(b1, b0)
 
     def broken_compiler(name, dtype):
         raise RuntimeError("NVRTC_ERROR_COMPILATION (simulated)")
-    monkeypatch.setattr(gpu, "_kernel", broken_compiler)
+    broken = network()
+    monkeypatch.setattr(broken.backend, "_kernel", broken_compiler)
     with pytest.raises(RuntimeError, match="NVRTC"):
-        network().fit(X, Y, **kw)
+        broken.fit(X, Y, **kw)
 
 
 def test_training_step_does_not_synchronize(gpu):
@@ -484,7 +480,8 @@ def test_to_cpu_and_back_keeps_optimizer_state(gpu):
     moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
               seed=1)                                       # a CPU epoch with the moved state
     moved.to("cuda")
-    assert moved.backend is gpu and all(gpu.is_native(W) for W in moved.W)
+    assert moved.backend.name == "cupy" and moved.device == gpu.device
+    assert all(gpu.is_native(W) for W in moved.W)
     assert all(gpu.is_native(s) for st in moved.optimizer_.state for s in st)
     moved.fit(X, Y, epochs=1, batch_size=10, learning_rate=0.01, optimizer=moved.optimizer_,
               seed=2)

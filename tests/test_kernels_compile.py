@@ -227,6 +227,5 @@ def test_error_says_cupy_is_missing(monkeypatch):
     import backprop.backends as backends
     from backprop import Network
     monkeypatch.setattr(backends, "is_installed", lambda name: name != "cupy")
-    monkeypatch.setattr(backends, "_instances", {})
     with pytest.raises(ImportError, match=r"'cupy' package.*backprop\[cuda\]"):
         Network([2, 3, 1], "relu", device="cuda")

@@ -83,7 +83,7 @@ def path(request, monkeypatch):
     that every epoch of the test ran on it."""
     fused = request.param == "fused"
     monkeypatch.setattr(nb, "FUSED_MAX_WIDTH", 10**9 if fused else 0)
-    epochs = spy(monkeypatch, get_backend("cpu", "numba"), "train_epoch")
+    epochs = spy(monkeypatch, nb.NumbaBackend, "train_epoch")     # every network's instance
     yield request.param
     assert epochs, "no epoch ran"
     assert all(epochs) if fused else not any(epochs), f"train_epoch returned {epochs}"

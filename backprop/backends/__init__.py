@@ -22,7 +22,6 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 
 _PACKAGES = {"numba": "numba", "cupy": "cupy"}
 _EXTRAS = {"numba": "numba", "cupy": "cuda"}
-_instances: dict[tuple[str, str], Backend] = {}
 
 
 def parse_device(device: Any) -> tuple[str, str]:
@@ -53,27 +52,38 @@ def default_backend(kind: str) -> str:
     return "numba" if is_installed("numba") else "numpy"
 
 
-def get_backend(device: Any = "cpu", backend: str | None = None) -> Backend:
-    """The (shared) backend instance for a device and an optional backend name."""
+def resolve_backend(device: Any = "cpu", backend: str | None = None) -> tuple[str, str]:
+    """``(backend name, canonical device)`` for a device and an optional backend name,
+    validated (nothing is imported or created)."""
     kind, name = parse_device(device)
     if backend is None:
         backend = default_backend(kind)
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown backend {backend!r}; expected one of {sorted(BACKENDS)}")
-    module_name, class_name, backend_kind = BACKENDS[backend]
+    backend_kind = BACKENDS[backend][2]
     if backend_kind != kind:
         choices = sorted(b for b, spec in BACKENDS.items() if spec[2] == kind)
         raise ValueError(f"backend: {backend!r} runs on {backend_kind}, not on device {device!r}; "
                          f"for {kind} use one of {choices}")
-    key = (backend, name)
-    if key not in _instances:
-        if not is_installed(backend):
-            raise ImportError(
-                f"backend {backend!r} needs the {_PACKAGES[backend]!r} package, which is not "
-                f"installed: pip install 'backprop[{_EXTRAS[backend]}]'")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        _instances[key] = cls(name)
-    return _instances[key]
+    return backend, name
+
+
+def get_backend(device: Any = "cpu", backend: str | None = None) -> Backend:
+    """A new backend instance for a device and an optional backend name.
+
+    Every :class:`~backprop.network.Network` owns its own instance, with the scratch buffers
+    and random generator it mutates, so networks in different threads share nothing mutable.
+    Creating one is cheap: what is per device and read-only (Numba's compiled functions,
+    CuPy's compiled module) is loaded once per process and shared.
+    """
+    backend, name = resolve_backend(device, backend)
+    if not is_installed(backend):
+        raise ImportError(
+            f"backend {backend!r} needs the {_PACKAGES[backend]!r} package, which is not "
+            f"installed: pip install 'backprop[{_EXTRAS[backend]}]'")
+    module_name, class_name, _ = BACKENDS[backend]
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(name)
 
 
 def is_cuda_array(x: Any) -> bool:

@@ -67,6 +67,12 @@ class Backend(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU)."""
 
+    def compile_notice(self, dtype: Any) -> str | None:
+        """A line to show (``fit(verbose=True)``) before this backend's kernels first run for
+        ``dtype`` in this process when they must be compiled first, which takes seconds;
+        None when there is nothing to compile."""
+        return None
+
     def seed(self, seed: int | None) -> None:
         """Seed the random numbers this backend draws (dropout masks)."""
         self._rng = np.random.default_rng(seed)
@@ -137,9 +143,13 @@ class Backend(ABC):
              total: Array) -> None:
         """``total[0] += Σ_samples L(ŷ, y)``: the summed per-sample loss of a batch.
 
-        A, Z, Y (B, n_L); ``total`` a one-element array of the parameters' dtype on this
-        device, so the loss of many batches is read back once. The cross-entropies use Z
-        (see :mod:`backprop.losses`) and never take log(0).
+        A, Z, Y (B, n_L); ``total`` a one-element float64 array on this device, so the loss
+        of many batches is read back once and accumulates in float64. Exact to the dtype's
+        rounding while the true value is representable: every per-element term is formed
+        non-negative before it is summed in float64 (cross-entropy per sample as
+        ``Σ_j y_j ((m - z_j) + log Σ_k exp(z_k - m))`` with m the row maximum, so a large m
+        never swallows the log-sum). The cross-entropies use Z (see :mod:`backprop.losses`)
+        and never take log(0).
         """
 
     @abstractmethod
@@ -154,7 +164,9 @@ class Backend(ABC):
 
     @abstractmethod
     def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
-        """``out[0] = min(1, max_norm / ‖g‖)`` with ‖g‖ the L2 norm over all ``grads``.
+        """``out[0] = min(1, max_norm / ‖g‖)`` with ‖g‖ the L2 norm over all ``grads``,
+        its squares summed in float64 and scaled where they would overflow, so ‖g‖ is exact
+        to rounding whenever it is representable.
 
         Gradient clipping by global norm, the seeds' g ← min(‖g‖, c) · g / ‖g‖; the factor
         stays on the device and is passed to :meth:`update` as ``rule.grad_scale``.

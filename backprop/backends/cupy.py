@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import threading
 import warnings
 import weakref
 from pathlib import Path
@@ -97,7 +98,8 @@ def blocks(n: int, threads: int = THREADS) -> int:
 
 
 def norm_blocks(n: int) -> int:
-    """Blocks (and partial sums) of the clipping norm's ``sum_squares`` over n elements."""
+    """Blocks of the clipping norm's ``sum_squares`` over n elements (each writes a pair of
+    partials: a scaled sum of squares and its power-of-two exponent)."""
     return min(NORM_BLOCKS, blocks(n, REDUCE_THREADS))
 
 
@@ -171,6 +173,31 @@ def _device_index(device: str) -> int:
     return int(device.split(":")[1]) if ":" in device else 0
 
 
+#: (cupy module, device index) -> the compiled RawModule; (..., name, dtype) -> its function.
+#: Per device and read-only, so shared by every backend instance (one per network).
+_COMPILED: dict[tuple[Any, ...], Any] = {}
+_COMPILE_LOCK = threading.Lock()
+
+
+def _compiled_function(cp: Any, device: Any, index: int, name: str, dtype_name: str) -> Any:
+    """``name<ctype>`` of kernels/backprop.cu on device ``index``, compiled with NVRTC once
+    per process and device (under a lock, so concurrent first calls compile it once)."""
+    key = (cp, index, name, dtype_name)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        with _COMPILE_LOCK, device:
+            fn = _COMPILED.get(key)
+            if fn is None:
+                module = _COMPILED.get((cp, index))
+                if module is None:
+                    module = _COMPILED[(cp, index)] = cp.RawModule(
+                        code=kernel_source(), options=COMPILE_OPTIONS,
+                        name_expressions=NAME_EXPRESSIONS)
+                ctype = (COUNTER_CTYPES if name == "increment" else CTYPES)[dtype_name]
+                fn = _COMPILED[key] = module.get_function(f"{name}<{ctype}>")
+    return fn
+
+
 # ---------------------------------------------------------------------- the backend
 
 class CuPyBackend(Backend):
@@ -201,7 +228,6 @@ class CuPyBackend(Backend):
         self.graphs = os.environ.get("BACKPROP_CUDA_GRAPHS", "1") != "0"
         #: widths up to this use our own matmul kernel (and allow graphs); 0: always cuBLAS
         self.small_width = int(os.environ.get("BACKPROP_CUDA_SMALL_WIDTH", SMALL_WIDTH))
-        self._module: Any = None
         self._functions: dict[tuple[str, str], Any] = {}
         self._plans: Any = weakref.WeakKeyDictionary()    # network -> _GraphPlan
         self._capture: tuple[Array, Array] | None = None  # (schedule, step) while capturing
@@ -213,18 +239,12 @@ class CuPyBackend(Backend):
     # ------------------------------------------------------------------ compiling, launching
 
     def _kernel(self, name: str, dtype: Any) -> Any:
-        """The compiled ``name<ctype>`` (the module is compiled on first use)."""
+        """The compiled ``name<ctype>`` (the module is compiled on first use per device)."""
         key = (name, np.dtype(dtype).name)
         fn = self._functions.get(key)
         if fn is None:
-            if self._module is None:
-                with self._device:
-                    self._module = self.xp.RawModule(code=kernel_source(),
-                                                     options=COMPILE_OPTIONS,
-                                                     name_expressions=NAME_EXPRESSIONS)
-            ctype = (COUNTER_CTYPES if name == "increment" else CTYPES)[key[1]]
-            with self._device:
-                fn = self._functions[key] = self._module.get_function(f"{name}<{ctype}>")
+            fn = self._functions[key] = _compiled_function(self.xp, self._device, self.index,
+                                                           *key)
         return fn
 
     def _launch(self, name: str, dtype: Any, grid: Any, block: Any, args: tuple) -> None:
@@ -436,7 +456,8 @@ class CuPyBackend(Backend):
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
              total: Array) -> None:
         B, n = A.shape
-        self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)), (total, (1,)))
+        self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)))
+        self._check(np.float64, (total, (1,)))
         self._launch("loss", A.dtype, (1,), (REDUCE_THREADS,),
                      (A, Z, Y, np.int64(B), np.int64(n), np.int32(loss.code), total))
 
@@ -475,11 +496,11 @@ class CuPyBackend(Backend):
                 out.fill(1)
             return
         counts = [norm_blocks(g.size) for g in grads]
-        partials = self._scratch_for("norm", sum(counts), np.float64)
+        partials = self._scratch_for("norm", 2 * sum(counts), np.float64)   # (s_b, e_b) pairs
         offset = 0
         for g, count in zip(grads, counts):
             self._launch("sum_squares", out.dtype, (count,), (REDUCE_THREADS,),
-                         (g, np.int64(g.size), partials[offset:offset + count]))
+                         (g, np.int64(g.size), partials[2 * offset:2 * (offset + count)]))
             offset += count
         self._launch("clip_factor", out.dtype, (1,), (REDUCE_THREADS,),
                      (partials, np.int64(offset), out, T(max_norm)))
@@ -559,7 +580,7 @@ class CuPyBackend(Backend):
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
         scratch = [self._scratch_for("split_k", need, network.dtype)] if need else []
         if clip_norm is not None:
-            scratch.append(self._scratch_for("norm", sum(norm_blocks(g.size) for pair in grads
+            scratch.append(self._scratch_for("norm", 2 * sum(norm_blocks(g.size) for pair in grads
                                                          for g in pair), np.float64))
         arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta, *scratch,
                   *(m for m in ws.mask + ws.dropped if m is not None), self._rng_state,

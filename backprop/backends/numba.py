@@ -19,17 +19,25 @@ entered once per epoch; it calls the same kernels as the per-kernel path. It is 
 no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout or clipping.
 
 All functions are compiled on first use with ``cache=True`` (a later process loads them
-from disk); importing this module compiles nothing.
+from disk); importing this module compiles nothing. Where numba cannot write a cache (a
+read-only install without a writable home: "cannot cache function ...: no locator available")
+they are compiled in memory instead, once per process, with a one-time notice. Compiled
+functions are per process and read-only, so every backend instance (one per network) shares
+them; the typed lists of the fused epoch belong to the instance.
+
+Losses and the clipping norm accumulate in float64, each loss term formed non-negative
+(cross-entropy as ``Σ_j y_j ((m - z_j) + log Σ_k exp(z_k - m))``, m the row maximum).
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Any
+import os
+import warnings
+from typing import Any, Callable
 
 import numpy as np
-from numba import njit
+from numba import from_dtype, njit
 from numba.typed import List
 
 from .. import losses as _losses
@@ -51,10 +59,34 @@ MSE, BCE, CE = _losses.MSE, _losses.BINARY_CROSS_ENTROPY, _losses.CROSS_ENTROPY
 
 _NO_ORDER = np.empty(0, dtype=np.int64)
 
+#: False once numba has found no writable place for its cache (then functions compile in memory)
+CACHE = True
+
+
+def _jit(fn: Callable | None = None, **options: Any) -> Any:
+    """``numba.njit(cache=True, **options)``, or without the cache where numba has no writable
+    cache location (it raises at decoration: "cannot cache function ...: no locator
+    available"). ``@_jit`` or ``@_jit(fastmath=...)``."""
+    global CACHE
+    if fn is None:
+        return lambda f: _jit(f, **options)
+    if CACHE:
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as e:
+            if "no locator available" not in str(e):
+                raise
+            CACHE = False
+            warnings.warn("backprop: numba cannot write its kernel cache here (read-only "
+                          "install, no writable home); the numba kernels are compiled in "
+                          "memory, once per process. Set NUMBA_CACHE_DIR to a writable folder "
+                          "to cache them.", RuntimeWarning, stacklevel=2)
+    return njit(**options)(fn)
+
 
 # ---------------------------------------------------------------------- activations
 
-@njit(cache=True)
+@_jit
 def _bias_activate(Z, b, code, alpha, A):
     """``Z += b`` and ``A = σ(Z)`` for a batch (B, n); ``A`` may be ``Z``.
 
@@ -110,7 +142,7 @@ def _bias_activate(Z, b, code, alpha, A):
                 A[i, j] = Z[i, j]
 
 
-@njit(cache=True)
+@_jit
 def _backprop_activation(G, A, code, alpha):
     """``G ← G ⊙ σ'(A)`` over the batch (B, n), σ' from the output a (see
     :mod:`backprop.activations`); softmax, row by row: ``g ← a ⊙ (g - Σ_j g_j a_j)``."""
@@ -145,14 +177,14 @@ def _backprop_activation(G, A, code, alpha):
 
 # ---------------------------------------------------------------------- kernels
 
-@njit(cache=True)
+@_jit
 def _forward(A_prev, W, b, code, alpha, Z, A):
     """``Z = A_prev @ W.T + b``, ``A = σ(Z)``: one BLAS product, then bias and σ in one pass."""
     np.dot(A_prev, W.T, Z)
     _bias_activate(Z, b, code, alpha, A)
 
 
-@njit(cache=True)
+@_jit
 def _output_delta(A, Y, code, alpha, fused, delta):
     """``delta = (ŷ - y) / B``, times σ'(a) unless the loss/activation pair is ``fused``."""
     B, n = A.shape
@@ -167,14 +199,14 @@ def _output_delta(A, Y, code, alpha, fused, delta):
             delta[i, j] *= r
 
 
-@njit(cache=True)
+@_jit
 def _delta(delta_next, W_next, A, code, alpha, delta):
     """``delta = (delta_next @ W_next) ⊙ σ'(A)``: BLAS product, then σ' in one pass."""
     np.dot(delta_next, W_next, delta)
     _backprop_activation(delta, A, code, alpha)
 
 
-@njit(cache=True)
+@_jit
 def _weight_grad(delta, A_prev, dW, db):
     """``dW = deltaᵀ @ A_prev`` (BLAS), ``db = Σ_rows delta`` (one pass)."""
     np.dot(delta.T, A_prev, dW)
@@ -184,33 +216,47 @@ def _weight_grad(delta, A_prev, dW, db):
             db[j] += delta[i, j]
 
 
-@njit(cache=True)
+@_jit
 def _loss(A, Z, Y, loss_code):
-    """``Σ_samples L(ŷ, y)`` of a batch (the cross-entropies from Z, never log(0))."""
+    """``Σ_samples L(ŷ, y)`` of a batch in float64, every term formed >= 0 so that nothing
+    cancels (the cross-entropies from Z, never log(0))."""
     total = 0.0
     for i in range(A.shape[0]):
         if loss_code == MSE:                           # ½ Σ (ŷ - y)²
             for j in range(A.shape[1]):
-                e = A[i, j] - Y[i, j]
+                e = float(A[i, j]) - float(Y[i, j])
                 total += 0.5 * e * e
-        elif loss_code == BCE:                         # Σ max(z,0) - y z + log1p(exp(-|z|))
+        elif loss_code == BCE:                         # Σ z ([z > 0] - y) + log1p(exp(-|z|))
             for j in range(A.shape[1]):
-                z = Z[i, j]
-                total += max(z, 0.0) - Y[i, j] * z + math.log1p(math.exp(-abs(z)))
-        else:                                          # Σ_j y_j (logsumexp(z) - z_j)
-            m = Z[i, 0]
+                z, y = float(Z[i, j]), float(Y[i, j])
+                total += (z * (1.0 - y) if z > 0.0 else -z * y) + math.log1p(math.exp(-abs(z)))
+        else:                                          # Σ_j y_j ((m - z_j) + log Σ exp(z - m))
+            m = float(Z[i, 0])
             for j in range(1, Z.shape[1]):
-                m = max(m, Z[i, j])
+                m = max(m, float(Z[i, j]))
             s = 0.0
             for j in range(Z.shape[1]):
-                s += math.exp(Z[i, j] - m)
-            lse = m + math.log(s)
+                s += math.exp(float(Z[i, j]) - m)
+            lse = math.log(s)
             for j in range(Z.shape[1]):
-                total += Y[i, j] * (lse - Z[i, j])
+                total += float(Y[i, j]) * ((m - float(Z[i, j])) + lse)
     return total
 
 
-@njit(cache=True)
+@_jit(fastmath={"reassoc"})
+def _sum_squares(x, scale):
+    """``Σ (scale · x)²`` over an array of any shape, in float64. The sum may be reordered
+    (``reassoc``: SIMD partial sums, 10x faster; measured 28 µs for 200k float32 on 2 vCPU
+    Xeon against 300 µs in order): same compiled code, same result."""
+    v = x.reshape(x.size)
+    total = 0.0
+    for i in range(v.shape[0]):
+        e = scale * float(v[i])
+        total += e * e
+    return total
+
+
+@_jit
 def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps,
             bias_correction1, bias_correction2, weight_decay, l1, l2, grad_scale):
     """One optimizer step over a parameter in one pass (see :mod:`backprop.optimizers`).
@@ -261,7 +307,7 @@ def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps
 
 # ---------------------------------------------------------------------- the fused epoch
 
-@njit(cache=True)
+@_jit
 def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
                  Xb, Yb, A, Z, delta, dW, db, S1W, S1b, S2W, S2b,
                  kind, lr, momentum, nesterov, beta1, beta2, eps, t0, weight_decay, l1, l2):
@@ -322,8 +368,8 @@ class NumbaBackend(NumPyBackend):
 
     def __init__(self, device: str = "cpu") -> None:
         super().__init__(device)
-        # network -> (ids of the arrays, the typed lists built from them) for train_epoch
-        self._lists: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+        # (ids of the arrays, the typed lists built from them, the arrays) for train_epoch
+        self._lists: tuple[Any, ...] | None = None
 
     def forward(self, A_prev: Array, W: Array, b: Array, activation: Activation,
                 Z: Array, A: Array) -> None:
@@ -369,7 +415,7 @@ class NumbaBackend(NumPyBackend):
         s2 = [st[1] if len(st) > 1 else p for st, p in zip(state, network.parameters())]
         arrays = (network.W, network.b, ws.A, ws.delta, [g for g, _ in grads],
                   [g for _, g in grads], s1[0::2], s1[1::2], s2[0::2], s2[1::2])
-        W, b, A, delta, dW, db, S1W, S1b, S2W, S2b = self._typed_lists(network, arrays)
+        W, b, A, delta, dW, db, S1W, S1b, S2W, S2b = self._typed_lists(arrays)
         codes = np.array([int(a.code) for a in network.activations], dtype=np.int64)
         alphas = np.array([a.alpha for a in network.activations], dtype=np.float64)
         rule, _ = optimizer.rules(learning_rate, l1, l2)    # advances optimizer.t by one
@@ -384,12 +430,28 @@ class NumbaBackend(NumPyBackend):
         optimizer.t = t0 + n_batches
         return True
 
-    def _typed_lists(self, network: Any, arrays: tuple[list[Array], ...]) -> tuple[Any, ...]:
+    def _typed_lists(self, arrays: tuple[list[Array], ...]) -> tuple[Any, ...]:
         """numba typed lists of the per-layer arrays, kept while the arrays stay the same."""
         key = tuple(id(a) for group in arrays for a in group)
-        entry = self._lists.get(network)
-        if entry is None or entry[0] != key:
+        if self._lists is None or self._lists[0] != key:
+            self._lists = None                           # release the old arrays first
             typed = tuple(List(group) for group in arrays)
             # the arrays themselves are kept so that their ids stay theirs
-            entry = self._lists[network] = (key, typed, tuple(tuple(g) for g in arrays))
-        return entry[1]
+            self._lists = (key, typed, tuple(tuple(g) for g in arrays))
+        return self._lists[1]
+
+    def _sum_squares(self, x: Array, scale: float) -> float:
+        return _sum_squares(x, scale)
+
+    def compile_notice(self, dtype: Any) -> str | None:
+        """Numba compiles on first use (~10 s for every kernel); loading them from the disk
+        cache takes well under a second and gets no notice."""
+        dtype = np.dtype(dtype)
+        if any(getattr(sig[0], "dtype", None) == from_dtype(dtype) for sig in _forward.signatures):
+            return None                                   # already run in this process
+        if CACHE and os.path.exists(getattr(getattr(getattr(_forward, "_cache", None),
+                                                    "_cache_file", None), "_index_path", "")):
+            return None                                   # cached on disk
+        where = "on disk for later runs" if CACHE else "in memory for this process only"
+        return (f"backprop: compiling the numba kernels for {dtype.name} (first use: a few "
+                f"seconds; kept {where})")

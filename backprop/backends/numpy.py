@@ -2,9 +2,17 @@
 
 This is the batched reference that every other backend is tested against. Each kernel is a
 matrix product (``np.matmul(..., out=)``) followed by in-place elementwise passes; the scratch
-arrays those passes need are allocated once per shape and kept. With SciPy present, the matrix
-products go through its BLAS gemm, C ← α op(A) op(B) + β C, which folds work into the product:
-the bias (Z pre-filled with b, β = 1) and plain SGD's update (``W.T ← β W.T - η A_prevᵀ δ``).
+arrays those passes need belong to the backend instance (one per network), one buffer per
+trailing shape and use, grown to the most rows asked for and sliced for fewer, so scratch is
+bounded by the network's own sizes, never by the batch sizes it has seen. With SciPy present,
+the matrix products go through its BLAS gemm, C ← α op(A) op(B) + β C, which folds work into
+the product: the bias (Z pre-filled with b, β = 1) and plain SGD's update
+(``W.T ← β W.T - η A_prevᵀ δ``).
+
+Reductions are exact to the dtype's rounding while the true value is representable: each
+loss term is formed non-negative per element (for cross-entropy ``y_j ((m - z_j) + log Σ
+exp(z - m))`` with m the row maximum, so no large terms cancel) and summed in float64; the
+clipping norm sums squares in float64, scaled by a power of two when they would overflow.
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ except ImportError:  # pragma: no cover - scipy is optional
     _blas = None
 
 
+#: :meth:`NumPyBackend._scratch` uses: (B, n) batch arrays 0, 1; (B, 1) row sums ROW, ROW2 (apart,
+#: so that n = 1 never aliases them); parameter-shaped PARAM, PARAM2; flat float64 F64
+ROW, ROW2, PARAM, PARAM2, F64 = 2, 3, 4, 5, 6
+FLOAT64 = np.dtype(np.float64)
+
+
 class NumPyBackend(Backend):
     """Kernels as NumPy ufunc sequences on host arrays."""
 
@@ -37,13 +51,16 @@ class NumPyBackend(Backend):
         self._buffers: dict[tuple[Any, ...], np.ndarray] = {}
         self.seed(None)
 
-    def _scratch(self, shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
-        """A kept scratch array for (shape, dtype, slot), allocated on first use."""
-        key = (shape, np.dtype(dtype).str, slot)
+    def _scratch(self, shape: tuple[int, ...], dtype: np.dtype, use: int = 0) -> np.ndarray:
+        """A scratch array of ``shape``: the leading rows of the buffer kept for ``use``, the
+        trailing shape and dtype, which grows to the most rows asked for (a view when fewer
+        are asked, so only the partial batch or inference pays for one)."""
+        key = (shape[1:], dtype, use)
         buf = self._buffers.get(key)
-        if buf is None:
+        if buf is None or buf.shape[0] < shape[0]:
+            self._buffers[key] = None                 # release the smaller one first
             buf = self._buffers[key] = np.empty(shape, dtype=dtype)
-        return buf
+        return buf if buf.shape[0] == shape[0] else buf[:shape[0]]
 
     def take_rows(self, X: Array, index: Array, out: Array) -> None:
         np.take(X, index, axis=0, out=out, mode="clip")   # mode="raise" buffers a copy
@@ -79,7 +96,7 @@ class NumPyBackend(Backend):
             np.maximum(Z, 0, out=A)
             A += s
         elif code == Code.SOFTMAX:
-            row = self._scratch((Z.shape[0], 1), Z.dtype)
+            row = self._scratch((Z.shape[0], 1), Z.dtype, ROW)
             np.max(Z, axis=1, keepdims=True, out=row)
             np.subtract(Z, row, out=A)
             np.exp(A, out=A)
@@ -107,14 +124,14 @@ class NumPyBackend(Backend):
             s *= 1.0 - activation.alpha
             s += activation.alpha
         elif code == Code.ELU:              # min(a, 0) + α + (1 - α) [a > 0]
-            step = self._scratch(A.shape, A.dtype, slot=1)
+            step = self._scratch(A.shape, A.dtype, 1)
             np.greater(A, 0, out=step)
             step *= 1.0 - activation.alpha
             np.minimum(A, 0, out=s)
             s += activation.alpha
             s += step
         elif code == Code.SOFTMAX:
-            row = self._scratch((A.shape[0], 1), A.dtype)
+            row = self._scratch((A.shape[0], 1), A.dtype, ROW)
             np.multiply(G, A, out=s)
             np.sum(s, axis=1, keepdims=True, out=row)
             G -= row
@@ -154,42 +171,55 @@ class NumPyBackend(Backend):
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
              total: Array) -> None:
-        # sums, not np.dot: BLAS calls stay on one library (see _gemm)
-        s = self._scratch(A.shape, A.dtype)
-        yz = self._scratch(A.shape, A.dtype, slot=1)
-        if loss.code == losses.MSE:                    # ½ Σ (ŷ - y)²
+        s = self._scratch(A.shape, A.dtype)              # the per-element terms, all >= 0
+        if loss.code == losses.MSE:                    # ½ (ŷ - y)², squared in float64
             np.subtract(A, Y, out=s)
-            np.square(s, out=s)
-            total[0] += 0.5 * s.sum()
-        elif loss.code == losses.BINARY_CROSS_ENTROPY:  # Σ max(z,0) - y z + log1p(exp(-|z|))
-            np.abs(Z, out=s)
-            np.negative(s, out=s)
+            total[0] += 0.5 * self._sum64(s, square=True)
+            return
+        if loss.code == losses.BINARY_CROSS_ENTROPY:   # z ([z > 0] - y) + log1p(exp(-|z|))
+            t = self._scratch(A.shape, A.dtype, 1)
+            np.abs(Z, out=t)
+            np.negative(t, out=t)
+            np.exp(t, out=t)
+            np.log1p(t, out=t)
+            np.greater(Z, 0, out=s)
+            s -= Y
+            s *= Z
+            s += t
+        elif loss.code == losses.CROSS_ENTROPY:        # y_j ((m - z_j) + log Σ_k exp(z_k - m))
+            m = self._scratch((A.shape[0], 1), A.dtype, ROW)
+            lse = self._scratch((A.shape[0], 1), A.dtype, ROW2)
+            np.max(Z, axis=1, keepdims=True, out=m)
+            np.subtract(Z, m, out=s)
             np.exp(s, out=s)
-            np.log1p(s, out=s)
-            total[0] += s.sum() + np.maximum(Z, 0, out=s).sum() - np.multiply(Y, Z, out=yz).sum()
-        elif loss.code == losses.CROSS_ENTROPY:         # Σ_b lse_b Σ_i y_bi - Σ y z
-            row = self._scratch((A.shape[0], 1), A.dtype)
-            ysum = self._scratch((A.shape[0], 1), A.dtype, slot=1)
-            np.max(Z, axis=1, keepdims=True, out=row)
-            np.subtract(Z, row, out=s)
-            np.exp(s, out=s)
-            np.sum(s, axis=1, keepdims=True, out=ysum)
-            np.log(ysum, out=ysum)
-            row += ysum                                  # row = logsumexp(z)
-            np.sum(Y, axis=1, keepdims=True, out=ysum)
-            np.multiply(row, ysum, out=row)
-            total[0] += row.sum() - np.multiply(Y, Z, out=yz).sum()
+            np.sum(s, axis=1, keepdims=True, out=lse)
+            np.log(lse, out=lse)
+            np.subtract(m, Z, out=s)
+            s += lse
+            s *= Y
         else:
             raise ValueError(f"unknown loss code {loss.code}")
+        total[0] += self._sum64(s)
+
+    def _sum64(self, x: Array, square: bool = False) -> float:
+        """Σ x (or Σ x²) accumulated in float64, without allocating: x is copied into a
+        float64 scratch first (a float32 x² never overflows there)."""
+        if x.dtype == np.float64 and not square:
+            return float(x.sum())
+        y = self._scratch((x.size,), FLOAT64, F64)
+        np.copyto(y, x.reshape(-1))
+        if square:
+            np.square(y, out=y)
+        return float(y.sum())
 
     def _effective_grad(self, param: Array, grad: Array, rule: UpdateRule) -> Array:
         """g = grad_scale · grad + l1 · sign(p) + 2 l2 · p (the gradient itself when plain)."""
         scale = rule.grad_scale
         if isinstance(scale, (int, float)) and scale == 1.0 and rule.l1 == 0 and rule.l2 == 0:
             return grad
-        g = self._scratch(param.shape, param.dtype, slot=1)
+        g = self._scratch(param.shape, param.dtype, PARAM2)
         np.multiply(grad, scale[0] if isinstance(scale, np.ndarray) else scale, out=g)
-        s = self._scratch(param.shape, param.dtype)
+        s = self._scratch(param.shape, param.dtype, PARAM)
         if rule.l1:
             np.sign(param, out=s)
             s *= rule.l1
@@ -202,7 +232,7 @@ class NumPyBackend(Backend):
     def update(self, param: Array, grad: Array, state: tuple[Array, ...],
                rule: UpdateRule) -> None:
         g = self._effective_grad(param, grad, rule)
-        s = self._scratch(param.shape, param.dtype)
+        s = self._scratch(param.shape, param.dtype, PARAM)
         lr = rule.learning_rate
         if rule.weight_decay:                        # AdamW: p ← p - η λ p
             param *= 1.0 - lr * rule.weight_decay
@@ -247,9 +277,24 @@ class NumPyBackend(Backend):
         param -= s
 
     def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
-        norm = math.sqrt(sum(float(np.square(g, out=self._scratch(g.shape, g.dtype)).sum())
-                             for g in grads))
+        norm = math.sqrt(sum(self._sum_squares(g, 1.0) for g in grads))
+        if math.isinf(norm):              # a square overflowed: scale by a power of two
+            top = max(max(float(g.max()), -float(g.min())) for g in grads)
+            if math.isfinite(top):
+                e = math.frexp(top)[1]
+                norm = math.ldexp(math.sqrt(sum(self._sum_squares(g, math.ldexp(1.0, -e))
+                                                for g in grads)), e)
         out[0] = 1.0 if norm <= max_norm else max_norm / norm
+
+    def _sum_squares(self, x: Array, scale: float) -> float:
+        """Σ (scale · x)², accumulated in float64 (``scale`` a power of two: exact)."""
+        if x.dtype == FLOAT64 and scale == 1.0:
+            return _dot64(x.reshape(-1))
+        y = self._scratch((x.size,), FLOAT64, F64)
+        np.copyto(y, x.reshape(-1))
+        if scale != 1.0:
+            y *= scale
+        return _dot64(y)
 
     def dropout(self, A: Array, rate: float, mask: Array, out: Array) -> None:
         self._rng.random(out=mask, dtype=mask.dtype)
@@ -269,6 +314,11 @@ class NumPyBackend(Backend):
         np.sum(delta, axis=0, out=db)
         db *= lr
         b -= db
+
+
+def _dot64(x: np.ndarray) -> float:
+    """``x · x`` for a float64 vector, by SciPy's BLAS when present (see :func:`_gemm`)."""
+    return float(_blas.ddot(x, x)) if _blas is not None else float(np.dot(x, x))
 
 
 def _gemm(dtype: np.dtype) -> Any:

@@ -16,8 +16,8 @@
 #include <utility>
 #include <vector>
 
-using std::exp; using std::expm1; using std::fabs; using std::log; using std::log1p;
-using std::sqrt; using std::tanh;
+using std::exp; using std::expm1; using std::fabs; using std::frexp; using std::ldexp;
+using std::log; using std::log1p; using std::sqrt; using std::tanh;
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 dim3 threadIdx, blockIdx, blockDim, gridDim;

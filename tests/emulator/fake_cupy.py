@@ -46,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import types
 from pathlib import Path
 
@@ -94,12 +95,11 @@ def build(name_expressions: tuple[str, ...]) -> ctypes.CDLL:
     return dll
 
 
-class _State:
-    """What CUDA keeps per process: the emulator library, the current stream, the capture."""
+class _State(threading.local):
+    """What CUDA and CuPy keep per thread: the current stream, the capture this thread began,
+    cupyx.allow_synchronize, the cuBLAS handle's math mode."""
 
     def __init__(self) -> None:
-        self.dll = None
-        self.launches = 0            # kernels run (eagerly or by a graph replay)
         self.capture = None          # (stream, recorded launches) while a stream captures
         self.streams: list = []      # the current-stream stack (empty: the legacy stream)
         self.allow_sync = True       # cupyx.allow_synchronize
@@ -107,6 +107,9 @@ class _State:
 
 
 _state = _State()
+#: the emulator library, loaded once; its C++ state (threadIdx, the fibers) is global, so one
+#: launch runs at a time (``lock``); ``launches`` counts the kernels run
+_library = types.SimpleNamespace(dll=None, launches=0, lock=threading.Lock())
 
 
 class CUDARuntimeError(RuntimeError):
@@ -602,11 +605,12 @@ class RawKernel:
 def _run(launch) -> None:
     name, grid, block, values = launch
     pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    rc = _state.dll.emulate(name.encode(), (ctypes.c_uint * 3)(*grid),
-                            (ctypes.c_uint * 3)(*block), pointers)
+    with _library.lock:
+        rc = _library.dll.emulate(name.encode(), (ctypes.c_uint * 3)(*grid),
+                                  (ctypes.c_uint * 3)(*block), pointers)
+        _library.launches += 1
     if rc:
         raise RuntimeError(f"no kernel named {name!r} in the module")
-    _state.launches += 1
 
 
 class RawModule:
@@ -614,8 +618,9 @@ class RawModule:
         assert name_expressions, "the backend must pass name_expressions"
         self.name_expressions = tuple(name_expressions)
         self.signatures = signatures(code)
-        if _state.dll is None:
-            _state.dll = build(self.name_expressions)
+        with _library.lock:
+            if _library.dll is None:
+                _library.dll = build(self.name_expressions)
 
     def get_function(self, name: str) -> RawKernel:
         if name not in self.name_expressions:
