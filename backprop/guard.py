@@ -16,19 +16,35 @@ Calls nest within one thread, so a callback may call ``predict`` or ``set_parame
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
 
 class CallGuard:
-    """Who is using a network now: the thread, how deeply nested, and whether it fits."""
+    """Who is using a network now: the thread, how deeply nested, and whether it fits.
+
+    The state is one tuple ``(owner thread, depth, fitting, outermost caller's frame)``,
+    replaced by a single store, so an interrupt (a KeyboardInterrupt lands between any two
+    bytecodes) finds a call entered or not, never half-way; :class:`_Use` undoes an entry
+    that an interrupt cut short and restores the state it found when it leaves. An interrupt
+    can still land where no Python code can catch it (on entering ``__exit__``): the state then
+    names a call whose frame is no longer running, which :meth:`_stale` recognises, so the
+    next call from any thread reclaims the network instead of waiting forever. Waiters
+    re-check every 50 ms.
+    """
+
+    FREE = (None, 0, False, None)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._free = threading.Condition(self._lock)
-        self._owner: int | None = None      # thread id of the running call
-        self._depth = 0                     # nested calls of that thread
-        self._fitting = False               # a fit is among them
+        self._state: tuple[Any, ...] = self.FREE
+
+    @property
+    def _depth(self) -> int:
+        """Nested calls of the thread using the network (0: free)."""
+        return self._state[1]
 
     def call(self, what: str) -> "_Use":
         """Run ``what`` once no other thread uses the network (error during their fit)."""
@@ -38,33 +54,54 @@ class CallGuard:
         """Run ``fit`` alone (error while any other call uses the network)."""
         return _Use(self, "fit", True)
 
-    def _enter(self, what: str, fit: bool) -> None:
+    def _stale(self) -> bool:
+        """True when the state names a call that is no longer running: its outermost
+        caller's frame is not on its thread's stack (an interrupt skipped its exit)."""
+        owner, _, _, frame = self._state
+        if owner is None:
+            return False
+        top = sys._current_frames().get(owner)
+        while top is not None:
+            if top is frame:
+                return False
+            top = top.f_back
+        return True
+
+    def _enter(self, use: "_Use") -> None:
         me = threading.get_ident()
         with self._lock:
-            if fit and self._owner is not None:
-                if self._owner == me:
+            if self._state[0] == me and use.fit or self._state[0] not in (None, me):
+                if self._stale():
+                    self._state = self.FREE
+            owner, depth, fitting, frame = self._state
+            if use.fit and owner is not None:
+                if owner == me:
                     raise RuntimeError("fit: called while this thread is already using the "
                                        "network (fit from inside a fit's callback?); return "
                                        "first")
-                doing = "trained by fit" if self._fitting else "used (predict, evaluate, ...)"
+                doing = "trained by fit" if fitting else "used (predict, evaluate, ...)"
                 raise RuntimeError(f"fit: the network is being {doing} in another thread; "
                                    "fit needs it alone: wait for that call to return, or train "
                                    "a copy of the network")
-            while self._owner not in (None, me):
-                if self._fitting:
-                    raise RuntimeError(f"{what}: the network is being trained by fit in another "
-                                       "thread; wait for fit to return, or use a copy of the "
-                                       "network (backprop.load of a saved one) meanwhile")
-                self._free.wait()
-            self._owner = me
-            self._depth += 1
-            self._fitting = self._fitting or fit
+            while owner not in (None, me):
+                if fitting:
+                    raise RuntimeError(f"{use.what}: the network is being trained by fit in "
+                                       "another thread; wait for fit to return, or use a copy "
+                                       "of the network (backprop.load of a saved one) meanwhile")
+                self._free.wait(0.05)
+                if self._stale():
+                    self._state = self.FREE
+                owner, depth, fitting, frame = self._state
+            use.old = self._state
+            use.new = (me, depth + 1, fitting or use.fit,
+                       frame if depth else sys._getframe(2))   # the outermost guarded call
+            self._state = use.new                      # entered: one store
 
-    def _leave(self) -> None:
+    def _restore(self, use: "_Use") -> None:
+        """Give back what ``use`` took: the state it found (if its entry happened)."""
         with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner, self._fitting = None, False
+            if self._state is use.new:
+                self._state = use.old
                 self._free.notify_all()
 
 
@@ -72,13 +109,31 @@ class _Use:
     """``with guard.call(what):`` / ``with guard.fit():``, a plain object (no generator):
     predict on a small network takes ~20 µs, and this costs ~1 µs of it."""
 
-    __slots__ = ("guard", "what", "fit")
+    __slots__ = ("guard", "what", "fit", "old", "new")
 
     def __init__(self, guard: CallGuard, what: str, fit: bool) -> None:
         self.guard, self.what, self.fit = guard, what, fit
+        self.old = self.new = None
 
     def __enter__(self) -> None:
-        self.guard._enter(self.what, self.fit)
+        try:
+            self.guard._enter(self)
+        except BaseException:          # an interrupt after the entry's store: undo it
+            self._restore()
+            raise
 
     def __exit__(self, *exc: Any) -> None:
-        self.guard._leave()
+        self._restore()
+
+    def _restore(self) -> None:
+        """Restore the state, even if interrupts land while it does; then re-raise the
+        first of them."""
+        interrupted = None
+        while True:
+            try:
+                self.guard._restore(self)
+                break
+            except BaseException as e:  # noqa: BLE001 - finished first, raised below
+                interrupted = interrupted or e
+        if interrupted is not None:
+            raise interrupted

@@ -131,8 +131,8 @@ class Network:
         self.layer_sizes = sizes
         self.activations = _per_layer("activations", activations, n_layers, _activations.get)
         self.loss_function = _losses.get(loss)
-        check_architecture(sizes, self.activations, self.loss_function)
         self.dtype = check_dtype(dtype)
+        check_architecture(sizes, self.activations, self.loss_function, self.dtype)
         inits = _per_layer("init", init, n_layers, lambda s: None if s is None else _init.get(s))
         self.dropout = _check_dropout(dropout, n_layers - 1)
         self._guard = CallGuard()
@@ -223,7 +223,12 @@ class Network:
             if len(pair) != 2:
                 raise ValueError(f"parameters: layer {l + 1} expected a (W, b) pair")
             n_out, n_in = self.layer_sizes[l + 1], self.layer_sizes[l]
-            W, b = (np.asarray(to_numpy(p), dtype=np.float64) for p in pair)
+            W, b = (np.asarray(to_numpy(p)) for p in pair)
+            for name, p in (("W", W), ("b", b)):
+                if p.dtype.kind not in "biuf":
+                    raise TypeError(f"parameters: layer {l + 1} {name} must be a real numeric "
+                                    f"array, got dtype {p.dtype}")
+            W, b = W.astype(np.float64), b.astype(np.float64)
             if W.shape != (n_out, n_in) or b.shape != (n_out,):
                 raise ValueError(f"parameters: layer {l + 1} expected W of shape {(n_out, n_in)} "
                                  f"and b of shape {(n_out,)}, got {W.shape} and {b.shape}")
@@ -260,8 +265,11 @@ class Network:
     def save(self, path: str | Path) -> None:
         """Write the whole training state to exactly ``path`` (see :mod:`backprop.state`):
         architecture, parameters, optimizer state, generators and history, atomically (the
-        previous file stays intact if writing fails). ValueError for a non-finite network."""
-        _state.write(path, _state.capture(self))
+        previous file stays intact if writing fails). ValueError for a non-finite network;
+        RuntimeError while another thread trains it (its state would be torn between steps)."""
+        with self._guard.call("save"):
+            state = _state.capture(self)
+        _state.write(path, state)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu",
@@ -272,8 +280,10 @@ class Network:
         return _state.build(_state.read(path), device, backend)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled: the training state and the device, no workspace or scratch buffer."""
-        state = _state.capture(self)
+        """Pickled: the training state and the device, no workspace or scratch buffer
+        (RuntimeError while another thread trains the network)."""
+        with self._guard.call("pickle"):
+            state = _state.capture(self)
         return {"device": self.device, "backend": self.backend.name,
                 "header": state.header, "arrays": state.arrays}
 

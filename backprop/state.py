@@ -232,9 +232,15 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> None:
     at any point leaves the previous file intact."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    # a short name of its own (a target name near the 255-byte limit still works); the mode of
+    # the file it replaces (a private model stays private), else the umask's default
+    tmp = os.path.join(folder, f".bp-{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
+        try:
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
@@ -270,7 +276,7 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
     where = os.fspath(path)
     try:
         zf = zipfile.ZipFile(where)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError) as e:
         raise ValueError(f"{where}: not a backprop state file (not a zip/npz archive: {e})") from None
     with zf:
         try:
@@ -295,7 +301,8 @@ def read(path: str | os.PathLike[str]) -> TrainingState:
                         arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
                     except ValueError as e:
                         raise ValueError(f"{where}: {members[name]} is damaged: {e}") from None
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError, NotImplementedError,
+                RuntimeError, UnicodeDecodeError) as e:   # unsupported zip features, bad bytes
             raise ValueError(f"{where}: a damaged archive ({type(e).__name__}: {e})") from None
     return check(TrainingState(header, arrays), where)
 
@@ -359,7 +366,8 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
     """Check the header whole; the arrays it calls for: name -> (shape, dtype)."""
     if isinstance(header, dict) and header.get("format") != FORMAT:
         raise ValueError(f"{where}: unknown format {header.get('format')!r}; expected {FORMAT!r}")
-    if isinstance(header, dict) and header.get("version") != VERSION:
+    if isinstance(header, dict) and (type(header.get("version")) is not int
+                                     or header.get("version") != VERSION):   # not true, 1.0
         raise ValueError(f"{where}: unknown version {header.get('version')!r} of {FORMAT}; "
                          f"this backprop reads version {VERSION}")
     _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training"},
@@ -434,10 +442,10 @@ def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype]:
                              f"got {specs!r}")
         if not isinstance(arch["loss"], str):
             raise ValueError(f"loss: expected a name, got {arch['loss']!r}")
-        check_architecture(sizes, acts, _losses.get(arch["loss"]))
         if not isinstance(arch["dtype"], str):
             raise ValueError(f"dtype: expected a name, got {arch['dtype']!r}")
         dtype = check_dtype(arch["dtype"])
+        check_architecture(sizes, acts, _losses.get(arch["loss"]), dtype)
         if not isinstance(arch["dropout"], list):
             raise ValueError(f"dropout: expected a list of rates, got {arch['dropout']!r}")
         _check_dropout(arch["dropout"], len(sizes) - 2)

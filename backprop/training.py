@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -112,6 +114,14 @@ class EarlyStopping(Callback):
         self.on_train_begin(None)
 
     def on_train_begin(self, network: "Network | None") -> None:
+        """Reset (RuntimeError while the instance serves a fit still running on another
+        network: its best epoch would be copied across)."""
+        running = getattr(self, "_network", None)
+        other = running() if running is not None else None
+        if other is not None and other is not network and other._guard._state[2]:
+            raise RuntimeError("callbacks: this EarlyStopping is in use by a fit running on "
+                               "another network; give each concurrent fit its own instance")
+        self._network = None if network is None else weakref.ref(network)
         self.best = self._sign * math.inf
         self.best_epoch = -1
         self._snapshot: _state.Snapshot | None = None
@@ -134,6 +144,7 @@ class EarlyStopping(Callback):
     def on_train_end(self, network: "Network", history: History) -> None:
         if self._snapshot is not None:
             self._snapshot.restore(network)
+        self._network = None
 
 
 # ---------------------------------------------------------------- learning-rate schedules
@@ -347,6 +358,10 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                            names=("validation_data[0]", "validation_data[1]"))
     penalized = bool(l1 or l2)
     keys = _logged_keys(penalized, val is not None, net.loss_function.classification)
+    for cb in callbacks:            # a monitor this fit never logs: found before any work
+        if isinstance(cb, EarlyStopping) and cb.monitor not in keys:
+            raise ValueError(f"callbacks: EarlyStopping monitors {cb.monitor!r}, which this fit "
+                             f"does not log (it logs {keys}); pass validation_data for val_*")
     resume = _resume_point(path, net, opt, keys) if path and os.path.exists(path) else None
     bar = _progress_bar(epochs) if verbose == "progress" else None
 
@@ -358,6 +373,13 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
         last_finite = _state.Snapshot(net)
         ended = history.stopped_early or history.diverged_epoch is not None
+        if resume is not None and (ended or history.epochs >= epochs):
+            how = ("stopped early" if history.stopped_early else
+                   f"diverged at epoch {history.diverged_epoch}" if ended else
+                   f"finished its {history.epochs} epochs")
+            warnings.warn(f"checkpoint: {path} holds a fit that {how}; nothing left to train "
+                          f"(epochs={epochs} counts the total). Delete the file, or pass "
+                          "another checkpoint path, to train anew", UserWarning, stacklevel=3)
         if bar is not None and history.epochs:
             bar.update(history.epochs)
         try:
@@ -396,7 +418,11 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 if history.stopped_early:
                     break
                 interrupt.check()
-        except KeyboardInterrupt:
+        except BaseException:
+            # an interrupt (or an error) mid-epoch: the parameters are at a step boundary;
+            # if that epoch had already diverged, go back to the last finite one
+            if any(not net.backend.all_finite(p) for p in net.parameters()):
+                last_finite.restore(net)
             _train_end(callbacks, net, history)
             raise
         finally:
@@ -467,6 +493,12 @@ def _check_checkpoint(checkpoint: Any) -> str | None:
         raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path")
+    probe = os.path.join(folder, f".bp-{secrets.token_hex(6)}.probe")
+    try:                            # found now, not after the first epoch has trained
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"checkpoint: cannot write in the folder {folder!r} ({e.strerror})") from None
     return path
 
 

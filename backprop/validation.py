@@ -50,14 +50,26 @@ def check_nonnegative_float(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_architecture(layer_sizes: list[int], activations: list[Activation], loss: Loss) -> None:
+def check_architecture(layer_sizes: list[int], activations: list[Activation], loss: Loss,
+                       dtype: np.dtype = np.dtype(np.float64)) -> None:
     """Refuse a network that cannot be trained exactly: a loss paired with an output it cannot
-    be computed from, or a softmax over a single output unit (always 1, so it never learns)."""
+    be computed from, a softmax over a single unit (always 1, so its layer never learns), an
+    activation parameter α outside the range of ``dtype`` (it would be ±Inf)."""
     if activations[-1].code == Code.SOFTMAX and layer_sizes[-1] == 1:
         raise ValueError(
             "activations: a softmax over a single output unit always outputs 1 and cannot "
             "learn; for two classes use one sigmoid output with loss='binary_cross_entropy' "
             "(or a softmax over two output units)")
+    for l, (act, n) in enumerate(zip(activations[:-1], layer_sizes[1:-1])):
+        if act.code == Code.SOFTMAX and n == 1:
+            raise ValueError(f"activations: a softmax over the single unit of hidden layer "
+                             f"{l + 1} always outputs 1, so nothing before it can learn; widen "
+                             "the layer or use another activation")
+    limit = float(np.finfo(dtype).max)
+    for l, act in enumerate(activations):
+        if not abs(act.alpha) <= limit:
+            raise ValueError(f"activations: layer {l + 1}'s {act} has alpha outside the range "
+                             f"of {np.dtype(dtype).name} (largest magnitude {limit:.4g})")
     loss.check_output(activations[-1])
 
 

@@ -3,6 +3,8 @@ every fit, EarlyStopping restores its best epoch, History reports the loss minim
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 
 import numpy as np
@@ -197,3 +199,109 @@ def test_no_penalty_no_data_loss_key(backend):
     X, y = classification(n=30)
     history = classifier(backend).fit(X, y, epochs=1, batch_size=8, learning_rate=0.1)
     assert "data_loss" not in history and "val_data_loss" not in history
+
+
+# ---------------------------------------------------------------------- found by trying to break it
+
+def test_an_interrupt_in_a_diverging_epoch_restores_the_last_finite_state(backend, monkeypatch):
+    """Ctrl-C landing after an epoch's parameters have already gone non-finite (before the
+    epoch's end, where divergence is checked) still rolls back to the last finite epoch."""
+    from support import force_step_path
+    X, y = exploding()
+    net = regressor(backend)
+    force_step_path(monkeypatch, net.backend)
+    initial = net.get_parameters()
+    step = net.train_step
+
+    def step_then_interrupt_once_not_finite(*args, **kwargs):
+        step(*args, **kwargs)
+        if not all(net.backend.all_finite(p) for p in net.parameters()):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(net, "train_step", step_then_interrupt_once_not_finite)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=5, batch_size=8, learning_rate=1.0, seed=0)
+    assert net.optimizer_.t == 0
+    for (W, b), (W0, b0) in zip(net.get_parameters(), initial):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+
+
+def test_a_checkpoint_with_nothing_left_to_train_says_so(backend, tmp_path):
+    X, y = exploding()
+    path = tmp_path / "run.ckpt"
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        regressor(backend).fit(X, y, epochs=3, batch_size=32, learning_rate=1.0, seed=0,
+                               checkpoint=path)
+    with pytest.warns(UserWarning, match="checkpoint: .*diverged at epoch 0.*nothing left"):
+        regressor(backend).fit(X, y, epochs=3, batch_size=32, learning_rate=1e-5, seed=0,
+                               checkpoint=path)
+    done = tmp_path / "done.ckpt"
+    regressor(backend).fit(X / 100, y / 1e4, epochs=2, batch_size=32, learning_rate=1e-3,
+                           seed=0, checkpoint=done)
+    with pytest.warns(UserWarning, match="finished its 2 epochs"):
+        regressor(backend).fit(X / 100, y / 1e4, epochs=2, batch_size=32, learning_rate=1e-3,
+                               seed=0, checkpoint=done)
+
+
+def test_errors_found_before_any_work(backend, tmp_path, monkeypatch):
+    """An EarlyStopping whose metric the fit never logs, and a checkpoint folder that cannot
+    be written, are refused before the first step, naming the argument."""
+    X, y = classification()
+    net = classifier(backend)
+    before = net.get_parameters()
+    with pytest.raises(ValueError, match="callbacks: EarlyStopping monitors 'val_loss'"):
+        net.fit(X, y, epochs=2, batch_size=8, learning_rate=0.1,
+                callbacks=[backprop.EarlyStopping()])
+    real_open = os.open
+
+    def read_only_folder(path, *args, **kwargs):
+        if str(path).endswith(".probe"):
+            raise PermissionError(13, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", read_only_folder)
+    with pytest.raises(ValueError, match="checkpoint: cannot write in the folder"):
+        net.fit(X, y, epochs=2, batch_size=8, learning_rate=0.1, checkpoint=tmp_path / "c")
+    assert net.optimizer_ is None or net.optimizer_.t == 0
+    for (W, b), (W0, b0) in zip(net.get_parameters(), before):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+
+
+def test_one_early_stopping_cannot_serve_two_fits_at_once(backend):
+    """Shared by two concurrent fits, its best epoch would be copied from one network into
+    the other: the second fit is refused instead."""
+    X, y = classification()
+    stop = backprop.EarlyStopping(monitor="loss", patience=50)
+    first, second = classifier(backend, seed=0), classifier(backend, seed=1)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(epoch, logs):
+        inside.set()
+        release.wait(30)
+    errors = []
+    worker = threading.Thread(target=lambda: first.fit(
+        X, y, epochs=2, batch_size=8, learning_rate=0.1, callbacks=[stop, hold]))
+    worker.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(RuntimeError, match="EarlyStopping is in use"):
+            second.fit(X, y, epochs=1, batch_size=8, learning_rate=0.1, callbacks=[stop])
+    finally:
+        release.set()
+        worker.join(60)
+    assert not errors
+    second.fit(X, y, epochs=1, batch_size=8, learning_rate=0.1, callbacks=[stop])   # now free
+
+
+def test_a_division_by_zero_in_an_update_diverges_instead_of_raising(backend):
+    """Adam's eps = 1e-50 is 0 in float32; with a gradient that is 0 the update divides 0 by
+    0. Every backend then treats it as divergence (rolled back), never as an exception from
+    half-way through an update."""
+    X, y = exploding(64)
+    X[:, 0] = 0
+    net = make_network(backend, [4, 8, 1], "tanh", "mse", seed=0)
+    initial = net.get_parameters()
+    with pytest.warns(RuntimeWarning, match="diverged at epoch 0"):
+        net.fit(X, y, epochs=2, batch_size=16, learning_rate=0.01, seed=0,
+                optimizer=backprop.Adam(eps=1e-50))
+    assert net.optimizer_.t == 0
+    for (W, b), (W0, b0) in zip(net.get_parameters(), initial):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)

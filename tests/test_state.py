@@ -283,3 +283,58 @@ def test_unpickling_checks_the_state(backend):
     pickled["arrays"]["W1"] = np.zeros((3, 2), net.dtype)
     with pytest.raises(ValueError, match="pickle: W1 has shape"):
         backprop.Network.__new__(backprop.Network).__setstate__(pickled)
+
+
+# ---------------------------------------------------------------------- found by trying to break it
+
+def test_a_damaged_zip_of_any_kind_is_a_value_error(backend, tmp_path):
+    """Damage the zip format itself (an unsupported compression method, a version field, a
+    flag bit) rather than the state: still a ValueError naming the file."""
+    net = trained(backend)
+    path = tmp_path / "net.bp"
+    net.save(path)
+    good = path.read_bytes()
+    central = good.rindex(b"PK\x01\x02")             # the last central-directory entry
+    for offset, value in ((10, 99), (6, 0xFF), (8, 0x20)):   # method, version, flags
+        damaged = bytearray(good)
+        damaged[central + offset] = value
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(ValueError, match=str(path.name)):
+            backprop.load(path)
+
+
+def test_save_keeps_the_mode_and_takes_long_names(backend, tmp_path):
+    net = trained(backend)
+    private = tmp_path / "private.bp"
+    net.save(private)
+    os.chmod(private, 0o600)
+    net.save(private)
+    assert os.stat(private).st_mode & 0o777 == 0o600
+    long_name = tmp_path / ("m" * 250)                   # near the 255-byte name limit
+    net.save(long_name)
+    assert_same_state(bstate.capture(backprop.load(long_name, device=DEVICE[backend],
+                                                   backend=backend)), bstate.capture(net))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([long_name.name, "private.bp"])
+
+
+def test_header_numbers_must_have_their_json_type(tmp_path):
+    path = tmp_path / "net.bp"
+    make_network("numpy", [2, 2], "tanh", "mse", seed=0).save(path)
+    for version in (True, 1.0, "1"):
+        rewrite(path, header=lambda h, v=version: dict(h, version=v))
+        with pytest.raises(ValueError, match="unknown version"):
+            backprop.load(path)
+
+
+def test_parameters_and_activations_must_be_real_and_representable():
+    from backprop.activations import ELU, LeakyReLU
+    net = backprop.Network([2, 2], "tanh", "mse", backend="numpy", seed=0)
+    W, b = net.get_parameters()[0]
+    with pytest.raises(TypeError, match="parameters: layer 1 W must be a real numeric"):
+        net.set_parameters([(W + 1j, b)])
+    assert np.array_equal(net.get_parameters()[0][0], W)
+    with pytest.raises(ValueError, match="activations: layer 1's leaky_relu.*float32"):
+        backprop.Network([1, 1], LeakyReLU(1e39), "mse", backend="numpy")
+    backprop.Network([1, 1], ELU(1e39), "mse", backend="numpy", dtype="float64")
+    with pytest.raises(ValueError, match="activations: a softmax over the single unit of hidden"):
+        backprop.Network([3, 1, 2], ["softmax", "identity"], "mse", backend="numpy")

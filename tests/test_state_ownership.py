@@ -8,9 +8,11 @@ and tracemalloc for memory.
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -168,7 +170,9 @@ def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend):
     thread.start()
     assert started.wait(60)
     calls = [lambda: net.predict(X), lambda: net.evaluate(X, Y), lambda: net.loss(X, Y),
-             lambda: net.backward(X[:4], Y[:4]), lambda: net.set_parameters(before)]
+             lambda: net.backward(X[:4], Y[:4]), lambda: net.set_parameters(before),
+             lambda: net.save(os.devnull), lambda: pickle.dumps(net),
+             lambda: copy.deepcopy(net)]               # no state torn between two steps
     if backend != "numpy":                          # (to the backend it is on is a no-op)
         calls.append(lambda: net.to("cpu", "numpy"))
     for call in calls:
@@ -182,6 +186,31 @@ def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend):
         np.testing.assert_array_equal(W1, W0)       # the fit ended as if alone
         np.testing.assert_array_equal(b1, b0)
     np.testing.assert_array_equal(net.predict(X), reference.predict(X))
+
+
+def test_a_call_whose_exit_was_skipped_does_not_lock_the_network(backend):
+    """A KeyboardInterrupt can land where no code catches it (on entering ``__exit__``), so
+    a call's entry may never be undone: the guard then names a call whose frame no longer
+    runs, and the next call from another thread, or a fit, reclaims the network instead of
+    waiting forever or refusing (found by interrupting predict in a loop with SIGALRM)."""
+    sizes, X, labels = _problem(backend, 40)
+    net = network(backend, sizes, "relu", "mse", seed=0)
+    Y = np.eye(sizes[-1])[labels]
+    expected = net.predict(X)
+
+    def interrupted_call():
+        net._guard.call("predict").__enter__()    # entered; its __exit__ never runs
+    interrupted_call()
+    assert net._guard._depth == 1
+    results = []
+    thread = threading.Thread(target=lambda: results.append(net.predict(X)))
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive() and np.array_equal(results[0], expected)
+    assert net._guard._depth == 0
+    interrupted_call()
+    net.fit(X, Y, epochs=1, batch_size=8, learning_rate=0.1)
+    assert net._guard._depth == 0
 
 
 def test_a_callback_may_predict_but_not_fit(backend):

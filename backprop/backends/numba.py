@@ -64,12 +64,17 @@ CACHE = True
 
 
 def _jit(fn: Callable | None = None, **options: Any) -> Any:
-    """``numba.njit(cache=True, **options)``, or without the cache where numba has no writable
-    cache location (it raises at decoration: "cannot cache function ...: no locator
-    available"). ``@_jit`` or ``@_jit(fastmath=...)``."""
+    """``numba.njit(cache=True, error_model="numpy", **options)``, or without the cache where
+    numba has no writable cache location (it raises at decoration: "cannot cache function
+    ...: no locator available"). ``@_jit`` or ``@_jit(fastmath=...)``.
+
+    ``error_model="numpy"``: a float division by zero gives ±Inf or NaN, as in the NumPy
+    backend, instead of raising ZeroDivisionError half-way through an update (an Adam ``eps``
+    that rounds to 0 in float32 then diverges, and fit rolls back, on both backends)."""
     global CACHE
     if fn is None:
         return lambda f: _jit(f, **options)
+    options.setdefault("error_model", "numpy")
     if CACHE:
         try:
             return njit(cache=True, **options)(fn)
