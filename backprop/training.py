@@ -412,7 +412,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                     bar.update(1)
                 elif verbose:
                     print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
-                history.stopped_early = any(_call(cb, epoch, logs, net) for cb in callbacks)
+                # every callback sees every epoch, also after one of them asks to stop
+                history.stopped_early = any([_call(cb, epoch, logs, net) for cb in callbacks])
                 if path and not history.stopped_early:
                     _state.write(path, _state.capture(net))
                 if history.stopped_early:

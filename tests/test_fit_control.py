@@ -305,3 +305,35 @@ def test_a_division_by_zero_in_an_update_diverges_instead_of_raising(backend):
     assert net.optimizer_.t == 0
     for (W, b), (W0, b0) in zip(net.get_parameters(), initial):
         assert np.array_equal(W, W0) and np.array_equal(b, b0)
+
+
+@pytest.mark.parametrize("monitor,values,patience,min_delta,stop_at,best", [
+    ("val_loss", [1.0, 0.9, 0.95, 0.95, 0.95], 2, 0.0, 3, 0.9),     # best at 1, stops 1 + 2
+    ("val_loss", [1.0, 0.9, 0.95, 0.85, 0.9, 0.9, 0.9], 3, 0.0, 6, 0.85),
+    ("val_loss", [1.0, 0.85, 0.85, 0.85], 2, 0.2, 2, 1.0),         # < min_delta: no gain
+    ("val_loss", [1.0, 0.85, 0.7, 0.7, 0.7], 2, 0.2, 4, 0.7),       # 0.7 beats 1.0 by 0.3
+    ("val_loss", [1.0, 0.79, 0.7, 0.7, 0.7], 2, 0.2, 3, 0.79),
+    ("val_accuracy", [0.5, 0.6, 0.6, 0.55], 2, 0.0, 3, 0.6),       # larger is better
+    ("val_accuracy", [0.5, 0.55, 0.58], 1, 0.1, 1, 0.5),
+])
+def test_early_stopping_stops_at_the_epoch_its_rule_names(monitor, values, patience, min_delta,
+                                                          stop_at, best):
+    """The rule, transcribed: an epoch improves when it beats the best by more than
+    min_delta (in the monitored quantity's direction); training stops at the first epoch
+    that is ``patience`` epochs after the best one."""
+    stop = backprop.EarlyStopping(monitor=monitor, patience=patience, min_delta=min_delta,
+                                  restore_best=False)
+    stop.on_train_begin(None)
+    decisions = [stop.on_epoch_end(epoch, {monitor: v}, None) for epoch, v in enumerate(values)]
+    assert decisions.index(True) == stop_at and not any(decisions[:stop_at])
+    assert stop.best == best
+
+
+def test_every_callback_sees_the_epoch_another_one_stops_at(backend):
+    X, y = classification()
+    net = classifier(backend)
+    seen = []
+    history = net.fit(X, y, epochs=5, batch_size=8, learning_rate=0.1,
+                      callbacks=[lambda epoch, logs: epoch == 1,
+                                 lambda epoch, logs: seen.append(epoch)])
+    assert history.stopped_early and history.epochs == 2 and seen == [0, 1]

@@ -40,6 +40,27 @@ def test_initialisation_statistics():
     assert np.abs(W).max() <= np.sqrt(6 / 700) and W.std() == pytest.approx(np.sqrt(2 / 700), rel=0.02)
 
 
+def test_he_uniform_statistics():
+    W = Network([400, 300], "relu", "mse", init="he_uniform", seed=0,
+                backend="numpy").get_parameters()[0][0]
+    assert np.abs(W).max() <= np.sqrt(6 / 400)                  # U(-√(6/n_in), √(6/n_in))
+    assert np.abs(W).max() == pytest.approx(np.sqrt(6 / 400), rel=0.01)
+    assert W.std() == pytest.approx(np.sqrt(2 / 400), rel=0.02)
+
+
+def test_binary_accuracy_counts_each_output_unit(backend):
+    """Several sigmoid outputs: the accuracy is the mean over samples and units of
+    [ŷ >= 0.5] == [y >= 0.5] (a direct transcription), never above 1."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(30, 4))
+    Y = (rng.uniform(size=(30, 3)) > 0.5).astype(float)
+    net = make_network(backend, [4, 5, 3], ["tanh", "sigmoid"], "binary_cross_entropy",
+                       seed=1, dtype="float64")
+    expected = np.mean((net.predict(X) >= 0.5) == (Y >= 0.5))
+    assert net.evaluate(X, Y)["accuracy"] == pytest.approx(expected, rel=1e-12)
+    assert 0 < expected < 1
+
+
 def test_get_parameters_returns_copies(backend):
     net = make_network(backend, [3, 2], "identity", "mse", seed=0)
     W, b = net.get_parameters()[0]

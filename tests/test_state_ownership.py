@@ -188,6 +188,32 @@ def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend):
     np.testing.assert_array_equal(net.predict(X), reference.predict(X))
 
 
+def test_a_callback_call_during_fit_keeps_other_threads_out(backend):
+    """A callback's nested predict runs inside the fit; after it, a call from another thread
+    still raises (the fit is still on), instead of waiting for the whole fit."""
+    sizes, X, labels = _problem(backend, 40)
+    net = network(backend, sizes, "relu", "mse", seed=0)
+    Y = np.eye(sizes[-1])[labels]
+    outcome = []
+
+    def callback(epoch, logs):
+        net.predict(X[:2])                           # nested in the fit
+        worker = threading.Thread(target=lambda: outcome.append(_attempt(net.predict, X)))
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), "another thread waited for the fit"
+    net.fit(X, Y, epochs=1, batch_size=8, learning_rate=0.1, callbacks=[callback])
+    assert outcome and isinstance(outcome[0], RuntimeError)
+    assert "being trained by fit" in str(outcome[0])
+
+
+def _attempt(call, *args):
+    try:
+        return call(*args)
+    except RuntimeError as e:
+        return e
+
+
 def test_a_call_whose_exit_was_skipped_does_not_lock_the_network(backend):
     """A KeyboardInterrupt can land where no code catches it (on entering ``__exit__``), so
     a call's entry may never be undone: the guard then names a call whose frame no longer
