@@ -196,15 +196,20 @@ def test_a_callback_call_during_fit_keeps_other_threads_out(backend):
     Y = np.eye(sizes[-1])[labels]
     outcome = []
 
-    def callback(epoch, logs):
-        net.predict(X[:2])                           # nested in the fit
+    def other_thread_calls():
         worker = threading.Thread(target=lambda: outcome.append(_attempt(net.predict, X)))
         worker.start()
-        worker.join(30)
+        worker.join(10)
         assert not worker.is_alive(), "another thread waited for the fit"
+
+    def callback(epoch, logs):
+        net.predict(X[:2])                           # a nested call, returned
+        other_thread_calls()
+        with net._guard.call("predict"):             # a nested call in progress
+            other_thread_calls()
     net.fit(X, Y, epochs=1, batch_size=8, learning_rate=0.1, callbacks=[callback])
-    assert outcome and isinstance(outcome[0], RuntimeError)
-    assert "being trained by fit" in str(outcome[0])
+    assert len(outcome) == 2 and all(isinstance(o, RuntimeError) for o in outcome)
+    assert all("being trained by fit" in str(o) for o in outcome)
 
 
 def _attempt(call, *args):
