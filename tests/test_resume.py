@@ -52,9 +52,11 @@ def test_a_resumed_fit_equals_the_uninterrupted_one(backend, tmp_path, dropout):
     assert history.epochs == 6 and resumed.optimizer_.t == 6 * 13
     assert_same_state(bstate.capture(resumed), bstate.capture(whole), skip=TIMES)
     assert_same_state(bstate.read(path), bstate.capture(whole), skip=TIMES)
-    # the same call once more: the run is complete, nothing trains
+    # the same call once more: the run is complete, nothing trains, and fit says so
     again = network(backend, dropout)
-    assert again.fit(X, y, validation_data=(X[:50], y[:50]), checkpoint=path, **FIT).epochs == 6
+    with pytest.warns(UserWarning, match="finished its 6 epochs; nothing left to train"):
+        history = again.fit(X, y, validation_data=(X[:50], y[:50]), checkpoint=path, **FIT)
+    assert history.epochs == 6
     assert_same_state(bstate.capture(again), bstate.capture(whole), skip=TIMES)
 
 
