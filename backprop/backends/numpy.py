@@ -174,7 +174,7 @@ class NumPyBackend(Backend):
         s = self._scratch(A.shape, A.dtype)              # the per-element terms, all >= 0
         if loss.code == losses.MSE:                    # ½ (ŷ - y)², squared in float64
             np.subtract(A, Y, out=s)
-            total[0] += 0.5 * self._sum64(s, square=True)
+            total[0] += 0.5 * self._sum_squares(s, 1.0)
             return
         if loss.code == losses.BINARY_CROSS_ENTROPY:   # z ([z > 0] - y) + log1p(exp(-|z|))
             t = self._scratch(A.shape, A.dtype, 1)
@@ -201,15 +201,13 @@ class NumPyBackend(Backend):
             raise ValueError(f"unknown loss code {loss.code}")
         total[0] += self._sum64(s)
 
-    def _sum64(self, x: Array, square: bool = False) -> float:
-        """Σ x (or Σ x²) accumulated in float64, without allocating: x is copied into a
-        float64 scratch first (a float32 x² never overflows there)."""
-        if x.dtype == np.float64 and not square:
+    def _sum64(self, x: Array) -> float:
+        """Σ x accumulated in float64, without allocating: x is copied into a float64 scratch
+        first (squares: :meth:`_sum_squares`)."""
+        if x.dtype == FLOAT64:
             return float(x.sum())
         y = self._scratch((x.size,), FLOAT64, F64)
         np.copyto(y, x.reshape(-1))
-        if square:
-            np.square(y, out=y)
         return float(y.sum())
 
     def _effective_grad(self, param: Array, grad: Array, rule: UpdateRule) -> Array:
@@ -287,7 +285,8 @@ class NumPyBackend(Backend):
         out[0] = 1.0 if norm <= max_norm else max_norm / norm
 
     def _sum_squares(self, x: Array, scale: float) -> float:
-        """Σ (scale · x)², accumulated in float64 (``scale`` a power of two: exact)."""
+        """Σ (scale · x)², accumulated in float64 (``scale`` a power of two: exact; a float32
+        x² never overflows there): the MSE loss and the clipping norm."""
         if x.dtype == FLOAT64 and scale == 1.0:
             return _dot64(x.reshape(-1))
         y = self._scratch((x.size,), FLOAT64, F64)
