@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 INFERENCE_BATCH = 4096
 #: training workspaces kept: those of the current fit's batch size and its partial last batch
 TRAIN_WORKSPACES = 2
+#: batch normalization's running-average momentum and variance epsilon (torch.nn.BatchNorm1d's)
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+_IDENTITY = _activations.Identity()
 
 
 class Workspace:
@@ -44,21 +48,36 @@ class Workspace:
     ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
     ``total``: the summed loss (float64); ``scale``: the clipping factor.
 
+    Hidden layer l with batch normalization: ``Zhat[l]`` (B, n) the normalized Ẑ, ``mean[l]``
+    and ``inv_std[l]`` (n,) the statistics used; with a residual connection: ``H[l]`` (B, n)
+    the activation before the skip is added (σ' is computed from it) and, in training,
+    ``E[l]`` (B, n) the gradient ∂L/∂A[l] that also flows down the skip. None elsewhere.
+
     Only a training step (:meth:`Network.train_step`) draws masks into ``mask`` and applies
     them; no other pass reads them.
     """
 
     def __init__(self, backend: Backend, sizes: Sequence[int], dtype: np.dtype, batch: int,
-                 dropout: Sequence[float], train: bool) -> None:
+                 dropout: Sequence[float], train: bool, batch_norm: Sequence[bool] = (),
+                 residual: Sequence[bool] = ()) -> None:
         self.batch = batch
         n_out = sizes[-1]
+        hidden = sizes[1:-1]
+        bn = list(batch_norm) or [False] * len(hidden)
+        res = list(residual) or [False] * len(hidden)
         self.A = [backend.empty((batch, n), dtype) for n in sizes[1:]]
         self.Z = backend.empty((batch, n_out), dtype)
         self.total = backend.zeros((1,), np.float64)
+        self.Zhat = [backend.empty((batch, n), dtype) if f else None for n, f in zip(hidden, bn)]
+        self.mean = [backend.empty((n,), dtype) if f else None for n, f in zip(hidden, bn)]
+        self.inv_std = [backend.empty((n,), dtype) if f else None for n, f in zip(hidden, bn)]
+        self.H = [backend.empty((batch, n), dtype) if f else None for n, f in zip(hidden, res)]
+        self.E: list[Array | None] = [None] * len(hidden)
         self.delta: list[Array] = []
         self.mask: list[Array | None] = []
         self.dropped: list[Array | None] = []
         if train:
+            self.E = [backend.empty((batch, n), dtype) if f else None for n, f in zip(hidden, res)]
             self.delta = [backend.empty((batch, n), dtype) for n in sizes[1:]]
             self.mask = [backend.empty((batch, n), dtype) if rate else None
                          for n, rate in zip(sizes[1:-1], dropout)]
@@ -77,7 +96,7 @@ class Workspace:
         view = Workspace.__new__(Workspace)
         view.__dict__.update(self.__dict__)
         view.batch = batch
-        for name in ("A", "delta", "mask", "dropped"):
+        for name in ("A", "delta", "mask", "dropped", "Zhat", "H", "E"):
             setattr(view, name, [None if a is None else a[:batch] for a in getattr(self, name)])
         for name in ("Z", "X", "Y", "index"):
             if hasattr(self, name):
@@ -112,6 +131,25 @@ class Network:
     dropout : float or sequence of float
         Inverted-dropout rate after each hidden layer (one for all, or one per hidden layer),
         0 <= rate < 1; applied only while training.
+    batch_norm : bool or sequence of bool
+        Batch normalization of each hidden layer's Z before its activation (one flag for all,
+        or one per hidden layer): ``A = σ(γ ⊙ (Z - μ) / √(σ² + ε) + β)`` with learnable γ
+        (init 1) and β (init 0), ε = 1e-5. A training step uses the batch's mean μ and biased
+        variance σ² and updates the running averages (momentum 0.1, the running variance
+        from the unbiased batch variance, as ``torch.nn.BatchNorm1d``); every other pass
+        (forward, predict, loss, evaluate) uses the running averages, except
+        :meth:`backward`, which differentiates the training-mode batch loss. γ and β are
+        updated by the optimizer like biases: no L1/L2 penalty (AdamW's decoupled decay
+        applies to them, as to every parameter in PyTorch's default AdamW). The bias b of a
+        normalized layer has no effect in training mode (the batch mean removes it): its
+        gradient is 0 up to rounding, and training leaves b where it is (Adam or RMSProp
+        would otherwise scale that rounding noise up to steps of size η).
+    residual : bool or sequence of bool
+        A skip connection around hidden layers: ``A_l = σ(BN(Z_l)) + A_{l-1}``, A_{l-1} the
+        layer's input (after the previous layer's dropout in training). ``True`` adds one
+        around every hidden layer whose input width equals its output width and silently
+        skips the others; a per-layer list that asks for one where the widths differ raises
+        ValueError listing those layers and their sizes.
 
     Notes
     -----
@@ -125,7 +163,8 @@ class Network:
 
     def __init__(self, layer_sizes: Sequence[int], activations: Any, loss: str = "mse", *,
                  device: str = "cpu", backend: str | None = None, dtype: Any = "float32",
-                 init: Any = None, seed: int | None = None, dropout: Any = 0.0) -> None:
+                 init: Any = None, seed: int | None = None, dropout: Any = 0.0,
+                 batch_norm: Any = False, residual: Any = False) -> None:
         sizes = _check_layer_sizes(layer_sizes)
         n_layers = len(sizes) - 1
         self.layer_sizes = sizes
@@ -135,6 +174,10 @@ class Network:
         check_architecture(sizes, self.activations, self.loss_function, self.dtype)
         inits = _per_layer("init", init, n_layers, lambda s: None if s is None else _init.get(s))
         self.dropout = _check_dropout(dropout, n_layers - 1)
+        #: per hidden layer: batch normalization of Z before the activation
+        self.batch_norm = _check_flags("batch_norm", batch_norm, n_layers - 1)
+        #: per hidden layer: a residual connection A = σ(Ẑ) + A_prev
+        self.residual = _check_residual(residual, sizes)
         self._guard = CallGuard()
         self._attach(get_backend(device, backend))
         self.optimizer_: _optimizers.Optimizer | None = None
@@ -154,6 +197,13 @@ class Network:
         self.W: list[Array] = []
         self.b: list[Array] = []
         self._load_host_parameters(host)
+        #: batch normalization's γ (init 1), β (init 0), running mean (0) and running
+        #: variance (1) per hidden layer, None for a layer without it
+        self.gamma: list[Array | None] = []
+        self.beta: list[Array | None] = []
+        self.running_mean: list[Array | None] = []
+        self.running_var: list[Array | None] = []
+        self._init_batch_norm()
 
     # ------------------------------------------------------------------ properties
 
@@ -168,9 +218,10 @@ class Network:
 
     @property
     def n_parameters(self) -> int:
-        """Σ_l n_l (n_{l-1} + 1)."""
-        return sum(n_out * (n_in + 1)
-                   for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        """Σ_l n_l (n_{l-1} + 1), plus 2 n_l for each hidden layer with batch normalization."""
+        return (sum(n_out * (n_in + 1)
+                    for n_in, n_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+                + sum(2 * n for n, f in zip(self.layer_sizes[1:-1], self.batch_norm) if f))
 
     def __repr__(self) -> str:
         acts = [str(a) for a in self.activations]
@@ -192,6 +243,7 @@ class Network:
         self._inference: Workspace | None = None
         self._inference_rows: Workspace | None = None
         self._grads: list[tuple[Array, Array]] | None = None
+        self._bn_grads: list[tuple[Array, Array] | None] | None = None
 
     # ------------------------------------------------------------------ parameters
 
@@ -202,9 +254,49 @@ class Network:
         self._grads = None
         self.optimizer_ = None
 
+    def _init_batch_norm(self) -> None:
+        """γ = 1, β = 0, running mean 0 and running variance 1 for every batch-normalized layer."""
+        be, dt = self.backend, self.dtype
+        hidden = list(zip(self.layer_sizes[1:-1], self.batch_norm))
+        #: indices in parameters() of the biases of normalized layers, which training leaves
+        self._frozen = frozenset(2 * l + 1 for l, f in enumerate(self.batch_norm) if f)
+        self.gamma = [be.asarray(np.ones(n, dt)) if f else None for n, f in hidden]
+        self.beta = [be.zeros((n,), dt) if f else None for n, f in hidden]
+        self.running_mean = [be.zeros((n,), dt) if f else None for n, f in hidden]
+        self.running_var = [be.asarray(np.ones(n, dt)) if f else None for n, f in hidden]
+        self._bn_grads = None
+
     def parameters(self) -> list[Array]:
-        """The parameter arrays on the device, flat: W1, b1, W2, b2, ..."""
-        return [p for pair in zip(self.W, self.b) for p in pair]
+        """The parameter arrays on the device, flat: W1, b1, W2, b2, ..., WL, bL, then γ, β
+        of each batch-normalized hidden layer in order (the names of
+        :func:`backprop.state.parameter_names`)."""
+        return ([p for pair in zip(self.W, self.b) for p in pair]
+                + [p for g, b in zip(self.gamma, self.beta) if g is not None for p in (g, b)])
+
+    def buffers(self) -> list[Array]:
+        """The arrays a training step changes besides the parameters (PyTorch's buffers):
+        running mean and running variance of each batch-normalized hidden layer, in order."""
+        return [p for m, v in zip(self.running_mean, self.running_var) if m is not None
+                for p in (m, v)]
+
+    def get_batch_norm(self) -> list[dict[str, Any] | None]:
+        """Per hidden layer, NumPy copies of its batch normalization, or None without it:
+        ``{"gamma", "beta", "running_mean", "running_var"}`` arrays (n_l,) and the scalars
+        ``"eps"``, ``"momentum"``. Inference computes ``Z = A_prev Wᵀ + b``,
+        ``Ẑ = γ (Z - running_mean) / √(running_var + eps) + β``, ``A = σ(Ẑ)``."""
+        with self._guard.call("get_batch_norm"):
+            be = self.backend
+            out: list[dict[str, Any] | None] = []
+            for l in range(self.n_layers - 1):
+                if not self.batch_norm[l]:
+                    out.append(None)
+                    continue
+                out.append({"gamma": np.array(be.to_numpy(self.gamma[l])),
+                            "beta": np.array(be.to_numpy(self.beta[l])),
+                            "running_mean": np.array(be.to_numpy(self.running_mean[l])),
+                            "running_var": np.array(be.to_numpy(self.running_var[l])),
+                            "eps": BN_EPS, "momentum": BN_MOMENTUM})
+            return out
 
     def get_parameters(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """NumPy copies of ``(W, b)`` per layer; W of shape (n_l, n_{l-1}), b of shape (n_l,)."""
@@ -254,12 +346,15 @@ class Network:
             source, target = self.backend, get_backend(device, backend)
             W = [target.asarray(source.to_numpy(W)) for W in self.W]
             b = [target.asarray(source.to_numpy(b)) for b in self.b]
+            bn = [[None if x is None else target.asarray(source.to_numpy(x)) for x in group]
+                  for group in (self.gamma, self.beta, self.running_mean, self.running_var)]
             state = self.optimizer_
             if state is not None:
                 state.state = [tuple(target.asarray(source.to_numpy(s)) for s in st)
                                for st in state.state]
             self._attach(target)
             self.W, self.b = W, b
+            self.gamma, self.beta, self.running_mean, self.running_var = bn
         return self
 
     def save(self, path: str | Path) -> None:
@@ -309,7 +404,9 @@ class Network:
                 size = batch if ws is None else max(batch, min(2 * ws.batch, INFERENCE_BATCH))
                 self._inference = self._inference_rows = ws = None   # release the old first
                 ws = self._inference = Workspace(self.backend, self.layer_sizes, self.dtype,
-                                                 size, self.dropout, train=False)
+                                                 size, self.dropout, train=False,
+                                                 batch_norm=self.batch_norm,
+                                                 residual=self.residual)
             if self._inference_rows is None or self._inference_rows.batch != batch:
                 self._inference_rows = ws.rows(batch)
             return self._inference_rows
@@ -318,7 +415,7 @@ class Network:
             while len(self._workspaces) >= TRAIN_WORKSPACES:
                 del self._workspaces[next(iter(self._workspaces))]   # least recently used
             ws = Workspace(self.backend, self.layer_sizes, self.dtype, batch, self.dropout,
-                           train=True)
+                           train=True, batch_norm=self.batch_norm, residual=self.residual)
         self._workspaces[batch] = ws                  # now the most recently used
         return ws
 
@@ -330,56 +427,123 @@ class Network:
                            for W, b in zip(self.W, self.b)]
         return self._grads
 
+    def batch_norm_gradients(self) -> list[tuple[Array, Array] | None]:
+        """The gradient buffers ``(dγ, dβ)`` per hidden layer, None without batch
+        normalization (allocated on first use, then kept)."""
+        if self._bn_grads is None:
+            self._bn_grads = self._new_bn_grads()
+        return self._bn_grads
+
+    def _new_bn_grads(self) -> list[tuple[Array, Array] | None]:
+        be = self.backend
+        return [None if g is None else (be.empty(g.shape, self.dtype), be.empty(g.shape, self.dtype))
+                for g in self.gamma]
+
+    def _flat_gradients(self) -> list[Array]:
+        """The gradient buffers in the order of :meth:`parameters`."""
+        return ([g for pair in self.gradients() for g in pair]
+                + [g for pair in self.batch_norm_gradients() if pair is not None for g in pair])
+
     # ------------------------------------------------------------------ the algorithm
 
-    def _forward(self, ws: Workspace, X: Array, train: bool) -> list[Array]:
+    def _forward(self, ws: Workspace, X: Array, train: bool,
+                 batch_stats: bool | None = None) -> list[Array]:
         """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1]).
 
         ``train``: a training step's pass, which draws fresh dropout masks into ``ws.mask`` and
-        applies them; otherwise no mask is drawn, read or applied.
+        applies them, and updates batch normalization's running statistics; otherwise no mask
+        is drawn, read or applied and no running statistic changes. ``batch_stats`` (default:
+        ``train``): batch normalization uses the batch's statistics (else the running ones).
         """
         be = self.backend
         inputs = [X]
         last = self.n_layers - 1
+        if batch_stats is None:
+            batch_stats = train
         for l in range(self.n_layers):
-            Z = ws.Z if l == last else ws.A[l]
-            be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], Z, ws.A[l])
-            if l < last:
-                rate = self.dropout[l]
-                if train and rate:
-                    be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
-                    inputs.append(ws.dropped[l])
-                else:
-                    inputs.append(ws.A[l])
+            if l == last:
+                be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], ws.Z, ws.A[l])
+                break
+            out = ws.H[l] if self.residual[l] else ws.A[l]
+            if self.batch_norm[l]:
+                Zhat = ws.Zhat[l]
+                be.forward(inputs[l], self.W[l], self.b[l], _IDENTITY, Zhat, Zhat)
+                be.batch_norm_forward(Zhat, self.gamma[l], self.beta[l], self.running_mean[l],
+                                      self.running_var[l], batch_stats,
+                                      BN_MOMENTUM if train else 0.0, BN_EPS,
+                                      self.activations[l], Zhat, ws.mean[l], ws.inv_std[l], out)
+            else:
+                be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], out, out)
+            if self.residual[l]:
+                be.add(out, inputs[l], ws.A[l])
+            rate = self.dropout[l]
+            if train and rate:
+                be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                inputs.append(ws.dropped[l])
+            else:
+                inputs.append(ws.A[l])
         return inputs
 
     def _backward(self, ws: Workspace, inputs: list[Array], Y: Array, *, train: bool,
                   grads: list[tuple[Array, Array]] | None = None,
+                  bn_grads: list[tuple[Array, Array] | None] | None = None,
                   sgd: _optimizers.UpdateRule | None = None) -> None:
         """δ for every layer, then the weight gradients into ``grads`` (default
-        :meth:`gradients`); with an SGD ``rule`` each layer is updated in place instead (after
-        its δ_{l-1} is computed).
+        :meth:`gradients`) and batch normalization's into ``bn_grads`` (default
+        :meth:`batch_norm_gradients`); with an SGD ``rule`` each layer's W and b are updated
+        in place instead (after its δ_{l-1} is computed; γ and β are left to the caller).
 
         ``train``: the backward pass of a training step, whose forward pass (``train=True``)
         drew the dropout masks in ``ws``: δ of a dropped layer is multiplied by its mask.
-        Otherwise no mask is read.
+        Otherwise no mask is read. Batch normalization is differentiated through the batch
+        statistics, so the forward pass must have used them (``batch_stats``).
         """
         be = self.backend
         L = self.n_layers
         be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
         if grads is None:
             grads = self.gradients()
+        if bn_grads is None and any(self.batch_norm):
+            bn_grads = self.batch_norm_gradients()
         for l in range(L - 1, -1, -1):
-            if l > 0:  # δ_{l-1} = (δ_l W_l) ⊙ σ'(a_{l-1}), needs W_l before its update
-                be.delta(ws.delta[l], self.W[l], ws.A[l - 1], self.activations[l - 1],
-                         ws.delta[l - 1])
-                if train and self.dropout[l - 1]:
-                    be.multiply(ws.delta[l - 1], ws.mask[l - 1])
+            if l > 0:  # δ_{l-1} from δ_l, needs W_l before its update
+                self._hidden_delta(ws, l - 1, train, bn_grads)
             dW, db = grads[l]
-            if sgd is None:
+            if sgd is not None and l < L - 1 and self.batch_norm[l]:
+                be.weight_grad(ws.delta[l], inputs[l], dW, db)
+                be.update(self.W[l], dW, (), sgd)    # b stays: see Network's batch_norm
+            elif sgd is None:
                 be.weight_grad(ws.delta[l], inputs[l], dW, db)
             else:
                 be.sgd_weight_update(ws.delta[l], inputs[l], self.W[l], self.b[l], sgd, dW, db)
+
+    def _hidden_delta(self, ws: Workspace, h: int, train: bool,
+                      bn_grads: list[tuple[Array, Array] | None] | None) -> None:
+        """δ of hidden layer h from δ_{h+1}: ``E = ∂L/∂A_h = (δ_{h+1} W_{h+1} + [skip] E_{h+1})
+        ⊙ mask_h``, ``δ_h = E ⊙ σ'(H_h)`` (H_h = A_h without a skip), then through batch
+        normalization (its dγ, dβ into ``bn_grads[h]``)."""
+        be = self.backend
+        above = h + 1
+        skip_above = above < self.n_layers - 1 and self.residual[above]
+        masked = train and self.dropout[h]
+        act = self.activations[h]
+        if not (self.residual[h] or skip_above):       # the plain path: σ' fused in the product
+            be.delta(ws.delta[above], self.W[above], ws.A[h], act, ws.delta[h])
+            if masked:
+                be.multiply(ws.delta[h], ws.mask[h])
+        else:
+            E = ws.E[h] if self.residual[h] else ws.delta[h]   # kept for the skip below
+            be.delta(ws.delta[above], self.W[above], E, _IDENTITY, E)
+            if skip_above:
+                be.add(E, ws.E[above], E)
+            if masked:
+                be.multiply(E, ws.mask[h])
+            be.activation_backward(E, ws.H[h] if self.residual[h] else ws.A[h], act,
+                                   ws.delta[h])
+        if self.batch_norm[h]:
+            dgamma, dbeta = bn_grads[h]
+            be.batch_norm_backward(ws.delta[h], ws.Zhat[h], self.gamma[h], ws.inv_std[h],
+                                   dgamma, dbeta, ws.delta[h])
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
@@ -390,16 +554,20 @@ class Network:
         inputs = self._forward(ws, X, train=True)
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
         if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
-            rule_w, _ = optimizer.rules(learning_rate, l2=l2)
+            rule_w, rule_b = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w)
+            for p, g in zip(self.parameters()[2 * self.n_layers:],
+                            self._flat_gradients()[2 * self.n_layers:]):
+                be.update(p, g, (), rule_b)          # γ, β: the biases' rule
             return
         self._backward(ws, inputs, Y, train=True)
-        grads = [g for pair in self.gradients() for g in pair]
+        grads = self._flat_gradients()
         scale: Any = 1.0
         if clip_norm is not None:
             be.grad_scale(grads, clip_norm, ws.scale)
             scale = ws.scale
-        optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale)
+        optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale,
+                       weights=self.n_layers, frozen=self._frozen)
 
     # ------------------------------------------------------------------ public API
 
@@ -468,9 +636,16 @@ class Network:
             total += float(be.to_numpy(ws.total)[0])
         return total / X.shape[0]
 
-    def backward(self, X: Any, Y: Any) -> list[tuple[Array, Array]]:
+    def backward(self, X: Any, Y: Any) -> "Gradients":
         """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
         gradients of the loss over all of (X, Y) as one batch (no dropout).
+
+        With batch normalization these are the gradients of the *training-mode* batch loss:
+        (X, Y) is one batch normalized with its own mean and biased variance, exactly as a
+        training step without dropout would see it (the loss :func:`backprop.gradcheck`
+        differentiates numerically); the running statistics are neither used nor changed.
+        The result's ``batch_norm`` attribute holds ``(dγ, dβ)`` per hidden layer (None
+        without batch normalization).
 
         Runs in a workspace and gradient arrays of its own, made for this call: it reads no
         dropout mask and changes nothing in the network.
@@ -479,12 +654,24 @@ class Network:
             X, Y = self._prepare(X, Y)
             be = self.backend
             ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
-                           [0.0] * len(self.dropout), train=True)
-            grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                     for W, b in zip(self.W, self.b)]
-            inputs = self._forward(ws, X, train=False)
-            self._backward(ws, inputs, Y, train=False, grads=grads)
+                           [0.0] * len(self.dropout), train=True, batch_norm=self.batch_norm,
+                           residual=self.residual)
+            grads = Gradients((be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                              for W, b in zip(self.W, self.b))
+            grads.batch_norm = self._new_bn_grads()
+            inputs = self._forward(ws, X, train=False, batch_stats=True)
+            self._backward(ws, inputs, Y, train=False, grads=grads, bn_grads=grads.batch_norm)
             return grads
+
+    def _batch_loss(self, X: Array, Y: Array) -> float:
+        """The mean loss of (X, Y) (device arrays) as one training-mode batch without dropout:
+        what :meth:`backward` differentiates (batch statistics; nothing changes)."""
+        ws = Workspace(self.backend, self.layer_sizes, self.dtype, X.shape[0],
+                       [0.0] * len(self.dropout), train=False, batch_norm=self.batch_norm,
+                       residual=self.residual)
+        self._forward(ws, X, train=False, batch_stats=True)
+        self.backend.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
+        return float(self.backend.to_numpy(ws.total)[0]) / X.shape[0]
 
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
@@ -538,6 +725,14 @@ class Network:
                 self._previous = {}
 
 
+class Gradients(list):
+    """:meth:`Network.backward`'s result: a list of ``(dW, db)`` per layer, and
+    ``batch_norm``: ``(dγ, dβ)`` per hidden layer, None for a layer without batch
+    normalization."""
+
+    batch_norm: list[tuple[Array, Array] | None]
+
+
 # ---------------------------------------------------------------------- helpers
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:
@@ -571,3 +766,31 @@ def _check_dropout(dropout: Any, n_hidden: int) -> list[float]:
         if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 <= r < 1:
             raise ValueError(f"dropout: rates must be numbers with 0 <= rate < 1, got {r!r}")
     return [float(r) for r in rates]
+
+
+def _check_flags(name: str, spec: Any, n_hidden: int) -> list[bool]:
+    """One bool per hidden layer from a bool or a sequence of n_hidden bools."""
+    flags = list(spec) if isinstance(spec, (list, tuple)) else [spec] * n_hidden
+    if len(flags) != n_hidden:
+        raise ValueError(f"{name}: expected one flag per hidden layer ({n_hidden}), got "
+                         f"{len(flags)}")
+    for f in flags:
+        if not isinstance(f, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True/False, or one per hidden layer, got {spec!r}")
+    return [bool(f) for f in flags]
+
+
+def _check_residual(spec: Any, sizes: Sequence[int]) -> list[bool]:
+    """The residual flags: ``True`` marks every hidden layer whose input and output widths
+    are equal; a list must ask only for such layers (ValueError listing the others)."""
+    n_hidden = len(sizes) - 2
+    fits = [sizes[l] == sizes[l + 1] for l in range(n_hidden)]
+    if isinstance(spec, (bool, np.bool_)):
+        return [bool(spec) and f for f in fits]
+    flags = _check_flags("residual", spec, n_hidden)
+    bad = [f"layer {l + 1} ({sizes[l]} -> {sizes[l + 1]})"
+           for l in range(n_hidden) if flags[l] and not fits[l]]
+    if bad:
+        raise ValueError(f"residual: a skip connection needs a hidden layer whose input width "
+                         f"equals its output width; these differ: {', '.join(bad)}")
+    return flags

@@ -101,11 +101,18 @@ class Optimizer:
         return weights, biases
 
     def step(self, backend: Any, params: list[Any], grads: list[Any], learning_rate: float,
-             l1: float = 0.0, l2: float = 0.0, grad_scale: Any = 1.0) -> None:
-        """One update of every parameter. ``params``/``grads``: flat lists W1, b1, W2, b2..."""
+             l1: float = 0.0, l2: float = 0.0, grad_scale: Any = 1.0,
+             weights: int | None = None, frozen: Any = ()) -> None:
+        """One update of every parameter. ``params``/``grads``: flat lists W1, b1, W2, b2...;
+        with ``weights`` = L, only the first 2L are such pairs and the rest (batch
+        normalization's γ, β) take the biases' rule (no L1/L2 penalty). Parameters at the
+        indices in ``frozen`` are left as they are (a bias followed by batch normalization)."""
         rule_w, rule_b = self.rules(learning_rate, l1, l2, grad_scale)
+        pairs = len(params) if weights is None else 2 * weights
         for i, (p, g) in enumerate(zip(params, grads)):
-            backend.update(p, g, self.state[i], rule_w if i % 2 == 0 else rule_b)
+            if i not in frozen:
+                backend.update(p, g, self.state[i],
+                               rule_w if i % 2 == 0 and i < pairs else rule_b)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

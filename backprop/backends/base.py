@@ -180,6 +180,48 @@ class Backend(ABC):
     def multiply(self, x: Array, y: Array) -> None:
         """``x *= y`` elementwise (dropout's mask on a delta)."""
 
+    # ------------------------------------------------ batch normalization, residual connections
+
+    @abstractmethod
+    def batch_norm_forward(self, Z: Array, gamma: Array, beta: Array, running_mean: Array,
+                           running_var: Array, train: bool, momentum: float, eps: float,
+                           activation: Activation, Zhat: Array, mean: Array, inv_std: Array,
+                           A: Array) -> None:
+        """Batch normalization of a hidden layer's ``Z`` followed by its activation:
+        ``Zhat = (Z - mean) ⊙ inv_std`` and ``A = σ(gamma ⊙ Zhat + beta)`` (per column).
+
+        Z, Zhat, A (B, n); gamma, beta, running_mean, running_var, mean, inv_std (n,).
+        ``train``: ``mean = Σ_rows Z / B``, ``var = Σ_rows (Z - mean)² / B`` (biased), and,
+        when ``momentum`` > 0, ``running_mean ← (1 - momentum) running_mean + momentum mean``,
+        ``running_var ← (1 - momentum) running_var + momentum var · B / (B - 1)`` (the
+        unbiased variance, as ``torch.nn.BatchNorm1d``; B = 1: ``var`` itself, 0);
+        ``momentum`` = 0 leaves them untouched. Otherwise (evaluation) ``mean = running_mean``,
+        ``var = running_var``. Then ``inv_std = 1 / √(var + eps)``. ``Zhat`` may be ``Z``; A
+        is another array. Softmax is applied per row.
+        """
+
+    @abstractmethod
+    def batch_norm_backward(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                            dgamma: Array, dbeta: Array, out: Array) -> None:
+        """The backward pass of a training-mode :meth:`batch_norm_forward`, exact through
+        the batch statistics: with ``G = ∂L/∂(gamma ⊙ Zhat + beta)`` (B, n),
+        ``dbeta = Σ_rows G``, ``dgamma = Σ_rows G ⊙ Zhat`` (n,) and
+        ``out = ∂L/∂Z = gamma ⊙ inv_std ⊙ (G - dbeta / B - Zhat ⊙ dgamma / B)`` (B, n);
+        ``out`` may be ``G``.
+        """
+
+    @abstractmethod
+    def activation_backward(self, G: Array, A: Array, activation: Activation,
+                            out: Array) -> None:
+        """``out = G ⊙ σ'(A)`` (softmax: ``a ⊙ (g - Σ_j g_j a_j)`` per row), σ' from the
+        activation's output A (B, n); ``out`` may be ``G``. :meth:`delta` fused with the
+        product where a layer needs ``G`` kept (a residual connection's)."""
+
+    @abstractmethod
+    def add(self, x: Array, y: Array, out: Array) -> None:
+        """``out = x + y`` elementwise, one shape (a residual connection: ``A = σ(Ẑ) + A_prev``
+        forward, ``∂L/∂A_prev += ∂L/∂A`` backward); ``out`` may be ``x``."""
+
     def penalty(self, weights: Sequence[Array], l1: float, l2: float) -> float:
         """``l1 Σ|W| + l2 Σ W²`` over every W of ``weights``, summed in float64: the
         regularization term of the loss (biases are not penalised). Called once per epoch,

@@ -16,7 +16,10 @@ takes ~60 µs serially; a 1024³ training step ~30 ms).
 For small networks :meth:`NumbaBackend.train_epoch` runs a whole epoch in one compiled call
 (gather the shuffled batch, forward, loss, backward, update, for every batch), so Python is
 entered once per epoch; it calls the same kernels as the per-kernel path. It is used when
-no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout or clipping.
+no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout, clipping, batch
+normalization or residual connection (those run step by step, batch normalization's
+kernels inherited from the NumPy backend: see
+benchmarks/results/2vcpu-intel-xeon/batch-norm-residual.md for what that costs).
 
 All functions are compiled on first use with ``cache=True`` (a later process loads them
 from disk); importing this module compiles nothing. Where numba cannot write a cache (a
@@ -409,8 +412,8 @@ class NumbaBackend(NumPyBackend):
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
                     l2: float, clip_norm: float | None, total: Array) -> bool:
-        if (clip_norm is not None or any(network.dropout)
-                or max(network.layer_sizes) > FUSED_MAX_WIDTH):
+        if (clip_norm is not None or any(network.dropout) or any(network.batch_norm)
+                or any(network.residual) or max(network.layer_sizes) > FUSED_MAX_WIDTH):
             return False
         ws = network.workspace(batch_size)
         grads = network.gradients()

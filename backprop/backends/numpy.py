@@ -35,8 +35,9 @@ except ImportError:  # pragma: no cover - scipy is optional
 
 
 #: :meth:`NumPyBackend._scratch` uses: (B, n) batch arrays 0, 1; (B, 1) row sums ROW, ROW2 (apart,
-#: so that n = 1 never aliases them); parameter-shaped PARAM, PARAM2; flat float64 F64
-ROW, ROW2, PARAM, PARAM2, F64 = 2, 3, 4, 5, 6
+#: so that n = 1 never aliases them); parameter-shaped PARAM, PARAM2; flat float64 F64; a
+#: batch normalization column vector (n,) COLUMN
+ROW, ROW2, PARAM, PARAM2, F64, COLUMN = 2, 3, 4, 5, 6, 7
 FLOAT64 = np.dtype(np.float64)
 
 
@@ -303,6 +304,61 @@ class NumPyBackend(Backend):
 
     def multiply(self, x: Array, y: Array) -> None:
         np.multiply(x, y, out=x)
+
+    def batch_norm_forward(self, Z: Array, gamma: Array, beta: Array, running_mean: Array,
+                           running_var: Array, train: bool, momentum: float, eps: float,
+                           activation: Activation, Zhat: Array, mean: Array, inv_std: Array,
+                           A: Array) -> None:
+        B = Z.shape[0]
+        if train:
+            np.mean(Z, axis=0, out=mean)
+            np.subtract(Z, mean, out=Zhat)                 # two passes: no cancellation
+            s = self._scratch(Z.shape, Z.dtype)
+            np.multiply(Zhat, Zhat, out=s)
+            np.mean(s, axis=0, out=inv_std)                # the biased variance, for now
+            if momentum:
+                c = self._scratch(mean.shape, mean.dtype, COLUMN)
+                running_mean *= 1.0 - momentum
+                np.multiply(mean, momentum, out=c)
+                running_mean += c
+                running_var *= 1.0 - momentum
+                np.multiply(inv_std, momentum * B / max(B - 1, 1), out=c)
+                running_var += c
+        else:
+            np.copyto(mean, running_mean)
+            np.copyto(inv_std, running_var)
+            np.subtract(Z, mean, out=Zhat)
+        inv_std += eps
+        np.sqrt(inv_std, out=inv_std)
+        np.divide(1.0, inv_std, out=inv_std)
+        Zhat *= inv_std
+        np.multiply(Zhat, gamma, out=A)
+        A += beta
+        self._activate(A, activation, A)
+
+    def batch_norm_backward(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                            dgamma: Array, dbeta: Array, out: Array) -> None:
+        B = G.shape[0]
+        s = self._scratch(G.shape, G.dtype, 1)
+        np.sum(G, axis=0, out=dbeta)
+        np.multiply(G, Zhat, out=s)
+        np.sum(s, axis=0, out=dgamma)
+        np.multiply(Zhat, dgamma, out=s)                   # Zhat ⊙ dgamma + dbeta
+        s += dbeta
+        s *= 1.0 / B
+        np.subtract(G, s, out=out)
+        c = self._scratch(gamma.shape, gamma.dtype, COLUMN)
+        np.multiply(gamma, inv_std, out=c)
+        out *= c
+
+    def activation_backward(self, G: Array, A: Array, activation: Activation,
+                            out: Array) -> None:
+        if out is not G:
+            np.copyto(out, G)
+        self._backprop_activation(out, A, activation)
+
+    def add(self, x: Array, y: Array, out: Array) -> None:
+        np.add(x, y, out=out)
 
     def sgd_weight_update(self, delta: Array, A_prev: Array, W: Array, b: Array,
                           rule: UpdateRule, dW: Array, db: Array) -> None:
