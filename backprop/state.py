@@ -4,8 +4,11 @@ after divergence and resume carry, and for its file format.
 A network's training state is
 
 ============ ===================================================================================
-architecture layer sizes, activations (name, α), loss, dtype, dropout rates
-parameters   W_l (n_l, n_{l-1}) and b_l (n_l,), l = 1..L
+architecture layer sizes, activations (name, α), loss, dtype, dropout rates, batch
+             normalization and residual flags per hidden layer
+parameters   W_l (n_l, n_{l-1}) and b_l (n_l,), l = 1..L; γ_l, β_l (n_l,) of each
+             batch-normalized hidden layer
+buffers      the running mean and running variance (n_l,) of each batch-normalized layer
 optimizer    ``net.optimizer_``: name, hyperparameters, step count t, and its buffers per
              parameter (momentum's v, RMSProp's s, Adam's m and v)
 generators   the shuffle generator of the last ``fit`` and the dropout generator of the backend
@@ -13,11 +16,14 @@ training     ``net.history_``: epochs done (the position of the learning-rate sc
              metrics of every epoch, and how the fit ended (stopped early, diverged)
 ============ ===================================================================================
 
-The file (format ``backprop.training_state``, version 1) is a zip archive as ``numpy.savez``
+The file (format ``backprop.training_state``, version 2) is a zip archive as ``numpy.savez``
 writes it, uncompressed: a UTF-8 JSON ``header.json`` (everything but the arrays) and one
-``.npy`` member per array, never pickled: ``W1, b1, ..., WL, bL`` and the optimizer's buffers
-``optimizer.<buffer>.<W1|b1|...>`` in the network's dtype, and ``history.<key>`` (float64, one
-value per epoch). :func:`write` replaces the target atomically; :func:`check` (run by
+``.npy`` member per array, never pickled: ``W1, b1, ..., WL, bL``, then ``gamma<l>, beta<l>``
+and the buffers ``running_mean<l>, running_var<l>`` of each batch-normalized hidden layer l,
+and the optimizer's buffers ``optimizer.<buffer>.<W1|b1|...|gamma<l>|beta<l>>`` in the
+network's dtype, and ``history.<key>`` (float64, one value per epoch). Version 1 (before batch
+normalization and residual connections: no such flags in the architecture) is still read, as a
+network without either. :func:`write` replaces the target atomically; :func:`check` (run by
 :func:`read` and by unpickling) validates the whole state before anything is built and refuses
 a bad one with a ValueError that names the problem.
 """
@@ -42,7 +48,9 @@ if TYPE_CHECKING:
     from .network import Network
 
 FORMAT = "backprop.training_state"
-VERSION = 1
+VERSION = 2
+#: versions this module reads (1: no batch_norm/residual in the architecture)
+READABLE = (1, 2)
 HEADER = "header.json"
 
 #: the states of the random generators a file may hold: field -> exclusive upper bound
@@ -70,12 +78,23 @@ def architecture(net: "Network") -> dict[str, Any]:
     return {"layer_sizes": list(net.layer_sizes),
             "activations": [[a.name, a.alpha] for a in net.activations],
             "loss": net.loss_function.name, "dtype": net.dtype.name,
-            "dropout": list(net.dropout)}
+            "dropout": list(net.dropout), "batch_norm": list(net.batch_norm),
+            "residual": list(net.residual)}
 
 
-def parameter_names(n_layers: int) -> list[str]:
-    """``W1, b1, W2, b2, ...``: the order of :meth:`Network.parameters`."""
-    return [f"{p}{l}" for l in range(1, n_layers + 1) for p in "Wb"]
+def parameter_names(n_layers: int, batch_norm: Any = ()) -> list[str]:
+    """``W1, b1, W2, b2, ..., WL, bL``, then ``gamma<l>, beta<l>`` for each hidden layer l
+    (1-based) with ``batch_norm[l - 1]``: the order of :meth:`Network.parameters`."""
+    return ([f"{p}{l}" for l in range(1, n_layers + 1) for p in "Wb"]
+            + [f"{p}{l}" for l, on in enumerate(batch_norm, start=1) if on
+               for p in ("gamma", "beta")])
+
+
+def buffer_names(batch_norm: Any) -> list[str]:
+    """``running_mean<l>, running_var<l>`` per batch-normalized hidden layer: the order of
+    :meth:`Network.buffers`."""
+    return [f"{p}{l}" for l, on in enumerate(batch_norm, start=1) if on
+            for p in ("running_mean", "running_var")]
 
 
 def capture(net: "Network") -> TrainingState:
@@ -85,9 +104,11 @@ def capture(net: "Network") -> TrainingState:
     be loaded), or when ``net.optimizer_`` is not one of the built-in optimizers.
     """
     be = net.backend
-    names = parameter_names(net.n_layers)
+    names = parameter_names(net.n_layers, net.batch_norm)
     params = net.parameters()
     arrays = {name: np.array(be.to_numpy(p)) for name, p in zip(names, params)}
+    arrays.update({name: np.array(be.to_numpy(b))
+                   for name, b in zip(buffer_names(net.batch_norm), net.buffers())})
     optimizer = None
     opt = net.optimizer_
     if opt is not None and opt.state and opt.matches(params):
@@ -130,7 +151,8 @@ def build(state: TrainingState, device: str = "cpu", backend: str | None = None,
         net = Network.__new__(Network)
     Network.__init__(net, arch["layer_sizes"], _activation_objects(arch["activations"]),
                      arch["loss"], device=device, backend=backend, dtype=arch["dtype"],
-                     dropout=arch["dropout"], init=_zeros)
+                     dropout=arch["dropout"], init=_zeros, batch_norm=arch["batch_norm"],
+                     residual=arch["residual"])
     restore(net, state)
     return net
 
@@ -144,10 +166,12 @@ def restore(net: "Network", state: TrainingState,
     from .training import History
     be = net.backend
     arrays = state.arrays
-    names = parameter_names(net.n_layers)
+    names = parameter_names(net.n_layers, net.batch_norm)
     params = net.parameters()
     for name, p in zip(names, params):
         be.copy(be.asarray(arrays[name]), p)
+    for name, b in zip(buffer_names(net.batch_norm), net.buffers()):
+        be.copy(be.asarray(arrays[name]), b)
     spec = state.header["optimizer"]
     if spec is None:
         net.optimizer_ = optimizer
@@ -191,14 +215,15 @@ def _activation_objects(specs: list[list[Any]]) -> list[_activations.Activation]
 # ---------------------------------------------------------------------- rollback in memory
 
 class Snapshot:
-    """Device copies of what a training step changes: the parameters, the optimizer's buffers
-    and its step count. :meth:`take` records them, :meth:`restore` puts them back (the rollback
-    after divergence, EarlyStopping's best epoch). Buffers are allocated once."""
+    """Device copies of what a training step changes: the parameters, batch normalization's
+    running statistics, the optimizer's buffers and its step count. :meth:`take` records them,
+    :meth:`restore` puts them back (the rollback after divergence, EarlyStopping's best
+    epoch). Buffers are allocated once."""
 
     def __init__(self, net: "Network") -> None:
         be = net.backend
         self.optimizer = net.optimizer_
-        self.params = [be.empty(p.shape, p.dtype) for p in net.parameters()]
+        self.params = [be.empty(p.shape, p.dtype) for p in _changing(net)]
         self.buffers = [be.empty(s.shape, s.dtype) for s in self._live_buffers()]
         self.t = 0
         self.take(net)
@@ -208,7 +233,7 @@ class Snapshot:
 
     def take(self, net: "Network") -> None:
         be = net.backend
-        for p, copy in zip(net.parameters(), self.params):
+        for p, copy in zip(_changing(net), self.params):
             be.copy(p, copy)
         for s, copy in zip(self._live_buffers(), self.buffers):
             be.copy(s, copy)
@@ -216,12 +241,17 @@ class Snapshot:
 
     def restore(self, net: "Network") -> None:
         be = net.backend
-        for p, copy in zip(net.parameters(), self.params):
+        for p, copy in zip(_changing(net), self.params):
             be.copy(copy, p)
         for s, copy in zip(self._live_buffers(), self.buffers):
             be.copy(copy, s)
         if self.optimizer is not None:
             self.optimizer.t = self.t
+
+
+def _changing(net: "Network") -> list[Any]:
+    """The network's arrays a training step changes: parameters, then buffers."""
+    return net.parameters() + net.buffers()
 
 
 # ---------------------------------------------------------------------- the file
@@ -325,6 +355,8 @@ def check(state: TrainingState, where: str) -> TrainingState:
         parts = name.split(".")
         if parts[0] == "optimizer" and (spec["name"], parts[1]) in SQUARES and (array < 0).any():
             raise ValueError(f"{where}: {name} holds squares and must be >= 0")
+        if name.startswith("running_var") and (array < 0).any():
+            raise ValueError(f"{where}: {name} is a variance and must be >= 0")
     return state
 
 
@@ -367,16 +399,23 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
     if isinstance(header, dict) and header.get("format") != FORMAT:
         raise ValueError(f"{where}: unknown format {header.get('format')!r}; expected {FORMAT!r}")
     if isinstance(header, dict) and (type(header.get("version")) is not int
-                                     or header.get("version") != VERSION):   # not true, 1.0
+                                     or header.get("version") not in READABLE):  # not true, 1.0
         raise ValueError(f"{where}: unknown version {header.get('version')!r} of {FORMAT}; "
-                         f"this backprop reads version {VERSION}")
+                         f"this backprop reads versions {list(READABLE)}")
     _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training"},
           "the header", where)
-    sizes, dtype = _check_architecture(header["architecture"], where)
+    _upgrade(header, where)
+    sizes, dtype, bn = _check_architecture(header["architecture"], where)
     shapes = {}
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         shapes[f"W{l}"], shapes[f"b{l}"] = (n_out, n_in), (n_out,)
+    for l, (n, on) in enumerate(zip(sizes[1:-1], bn), start=1):
+        if on:
+            shapes[f"gamma{l}"] = shapes[f"beta{l}"] = (n,)
     expected = {name: (shape, dtype) for name, shape in shapes.items()}
+    for l, (n, on) in enumerate(zip(sizes[1:-1], bn), start=1):
+        if on:
+            expected[f"running_mean{l}"] = expected[f"running_var{l}"] = ((n,), dtype)
     spec = header["optimizer"]
     if spec is not None:
         _keys(spec, {"name", "hyperparameters", "t"}, "optimizer", where)
@@ -417,10 +456,28 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
     return expected
 
 
-def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype]:
-    from .network import _check_dropout, _check_layer_sizes
+def _upgrade(header: dict[str, Any], where: str) -> None:
+    """A version 1 header as version 2, in place: no batch normalization, no residual
+    connections (what every network of version 1 was)."""
+    arch = header["architecture"]
+    if header["version"] == 1 and isinstance(arch, dict):
+        late = sorted({"batch_norm", "residual"} & set(arch))
+        if late:
+            raise ValueError(f"{where}: a version 1 architecture has the keys {late}, which "
+                             "came with version 2")
+        if not isinstance(arch.get("layer_sizes"), list):
+            return                                  # refused by _check_architecture
+        n_hidden = max(len(arch["layer_sizes"]) - 2, 0)
+        arch["batch_norm"] = [False] * n_hidden
+        arch["residual"] = [False] * n_hidden
+        header["version"] = VERSION
+
+
+def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype, list[bool]]:
+    from .network import _check_dropout, _check_flags, _check_layer_sizes, _check_residual
     from .validation import check_architecture, check_dtype
-    _keys(arch, {"layer_sizes", "activations", "loss", "dtype", "dropout"}, "architecture", where)
+    _keys(arch, {"layer_sizes", "activations", "loss", "dtype", "dropout", "batch_norm",
+                 "residual"}, "architecture", where)
     try:
         sizes = _check_layer_sizes(arch["layer_sizes"])
         if max(sizes) >= 2 ** 31:
@@ -449,9 +506,14 @@ def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype]:
         if not isinstance(arch["dropout"], list):
             raise ValueError(f"dropout: expected a list of rates, got {arch['dropout']!r}")
         _check_dropout(arch["dropout"], len(sizes) - 2)
+        for name in ("batch_norm", "residual"):
+            if not isinstance(arch[name], list):
+                raise ValueError(f"{name}: expected a list of flags, got {arch[name]!r}")
+        bn = _check_flags("batch_norm", arch["batch_norm"], len(sizes) - 2)
+        _check_residual(arch["residual"], sizes)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: architecture {e}") from None
-    return sizes, dtype
+    return sizes, dtype, bn
 
 
 def _check_generator(state: Any, what: str, where: str) -> None:

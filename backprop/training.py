@@ -422,7 +422,7 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         except BaseException:
             # an interrupt (or an error) mid-epoch: the parameters are at a step boundary;
             # if that epoch had already diverged, go back to the last finite one
-            if any(not net.backend.all_finite(p) for p in net.parameters()):
+            if any(not net.backend.all_finite(p) for p in net.parameters() + net.buffers()):
                 last_finite.restore(net)
             _train_end(callbacks, net, history)
             raise
@@ -561,7 +561,9 @@ def _nonfinite(net: "Network", logs: dict[str, float]) -> str:
     for key, value in logs.items():
         if not math.isfinite(value):
             return f"{key} is {value}"
-    for name, p in zip(_state.parameter_names(net.n_layers), net.parameters()):
+    names = (_state.parameter_names(net.n_layers, net.batch_norm)
+             + _state.buffer_names(net.batch_norm))
+    for name, p in zip(names, net.parameters() + net.buffers()):
         if not net.backend.all_finite(p):
             return f"{name} holds NaN or Inf"
     return ""

@@ -66,7 +66,7 @@ def test_save_load_round_trip_is_bit_exact(backend, tmp_path, optimizer):
     with np.load(path, allow_pickle=False) as npz:
         assert np.array_equal(npz["W1"], net.get_parameters()[0][0])
         header = json.loads(bytes(npz["header.json"]))
-    assert header["format"] == "backprop.training_state" and header["version"] == 1
+    assert header["format"] == "backprop.training_state" and header["version"] == 2
 
 
 def test_loaded_network_continues_training_exactly(backend, tmp_path):
@@ -180,7 +180,11 @@ def load_bytes(path, array):
 
 BAD_FILES = [  # (how the file is damaged, words the error must contain)
     (dict(header=edit(format="keras")), ["unknown format", "keras"]),
-    (dict(header=edit(version=2)), ["unknown version 2"]),
+    (dict(header=edit(version=3)), ["unknown version 3"]),
+    (dict(header=edit(version=1)), ["version 1 architecture", "batch_norm", "residual"]),
+    (dict(header=edit(architecture__batch_norm=[True])), ["gamma1", "running_var1"]),
+    (dict(header=edit(architecture__residual=[True])), ["residual", "layer 1"]),
+    (dict(header=edit(architecture__batch_norm=True)), ["batch_norm", "list"]),
     (dict(header=edit(extra=1)), ["unknown keys", "extra"]),
     (dict(header=edit(training=KeyError)), ["missing keys", "training"]),
     (dict(header=edit(architecture__loss="hinge")), ["architecture", "hinge"]),
