@@ -86,21 +86,25 @@ __global__ void bias_softmax(const T* b, T* Z, T* A, long long rows, long long c
     }
 }
 
-// G ← G ⊙ σ'(a), elementwise activations. n = rows * cols.
+// out = G ⊙ σ'(a), elementwise activations; out may be G. n = rows * cols.
 template <typename T>
-__global__ void activation_backward(T* G, const T* A, long long n, int code, T alpha) {
-    GRID_STRIDE(i, n) G[i] = G[i] * derivative(A[i], code, alpha);
+__global__ void activation_backward(const T* G, const T* A, T* out, long long n, int code,
+                                    T alpha) {
+    GRID_STRIDE(i, n) out[i] = G[i] * derivative(A[i], code, alpha);
 }
 
-// Softmax Jacobian product per row: G ← scale · a ⊙ (G - Σ_j G_j a_j). One thread per row.
+// Softmax Jacobian product per row: out = scale · a ⊙ (G - Σ_j G_j a_j); out may be G. One
+// thread per row.
 template <typename T>
-__global__ void softmax_backward(T* G, const T* A, long long rows, long long cols, T scale) {
+__global__ void softmax_backward(const T* G, const T* A, T* out, long long rows,
+                                 long long cols, T scale) {
     GRID_STRIDE(r, rows) {
-        T* g = G + r * cols;
+        const T* g = G + r * cols;
         const T* a = A + r * cols;
+        T* o = out + r * cols;
         T dot = T(0);
         for (long long c = 0; c < cols; ++c) dot += g[c] * a[c];
-        for (long long c = 0; c < cols; ++c) g[c] = (g[c] - dot) * a[c] * scale;
+        for (long long c = 0; c < cols; ++c) o[c] = (g[c] - dot) * a[c] * scale;
     }
 }
 
@@ -113,6 +117,91 @@ __global__ void output_delta(const T* A, const T* Y, T* delta, long long n, int 
         if (!fused) g = g * derivative(A[i], code, alpha);
         delta[i] = g * inv_batch;
     }
+}
+
+// ---------------------------------------------------------------- batch normalization
+
+// Batch normalization, step 1: the statistics of each column c, one thread per column (the
+// threads of a warp read consecutive columns of a row: coalesced), summed in double in row
+// order (deterministic). train: mean = Σ_r Z / rows, var = Σ_r (Z - mean)² / rows (two
+// passes), and when momentum != 0 the running averages move towards mean and the unbiased
+// variance var · rows / (rows - 1) (rows = 1: var); else mean, var = the running averages.
+// Then inv_std = 1 / √(var + eps).
+template <typename T>
+__global__ void batch_norm_stats(const T* Z, T* running_mean, T* running_var, T* mean,
+                                 T* inv_std, long long rows, long long cols, int train,
+                                 T momentum, T eps) {
+    GRID_STRIDE(c, cols) {
+        double m, v;
+        if (train) {
+            double s = 0.0;
+            for (long long r = 0; r < rows; ++r) s += (double)Z[r * cols + c];
+            m = (double)(T)(s / (double)rows);         // the mean Zhat is centred with
+            double q = 0.0;
+            for (long long r = 0; r < rows; ++r) {
+                const double d = (double)Z[r * cols + c] - m;
+                q += d * d;
+            }
+            v = q / (double)rows;
+            if (momentum != T(0)) {
+                const double k = (double)momentum;
+                const double unbiased = rows > 1 ? q / (double)(rows - 1) : v;
+                running_mean[c] = (T)((1.0 - k) * (double)running_mean[c] + k * m);
+                running_var[c] = (T)((1.0 - k) * (double)running_var[c] + k * unbiased);
+            }
+        } else {
+            m = (double)running_mean[c];
+            v = (double)running_var[c];
+        }
+        mean[c] = (T)m;
+        inv_std[c] = (T)(1.0 / sqrt(v + (double)eps));
+    }
+}
+
+// Batch normalization, step 2, elementwise: Zhat = (Z - mean) · inv_std and
+// A = σ(gamma · Zhat + beta) per column c = i % cols (beta null: A = gamma · Zhat, for
+// softmax, whose bias_softmax launch adds beta). Zhat may be Z. n = rows * cols.
+template <typename T>
+__global__ void batch_norm_apply(const T* Z, const T* mean, const T* inv_std, const T* gamma,
+                                 const T* beta, T* Zhat, T* A, long long n, long long cols,
+                                 int code, T alpha) {
+    GRID_STRIDE(i, n) {
+        const long long c = i % cols;
+        const T zhat = (Z[i] - mean[c]) * inv_std[c];
+        Zhat[i] = zhat;
+        A[i] = activate(gamma[c] * zhat + (beta ? beta[c] : T(0)), code, alpha);
+    }
+}
+
+// The backward pass of batch normalization through the batch statistics, one thread per
+// column c (sums in double, in row order): dbeta = Σ_r G, dgamma = Σ_r G ⊙ Zhat,
+// out = gamma · inv_std · (G - dbeta / rows - Zhat · dgamma / rows). out may be G.
+template <typename T>
+__global__ void batch_norm_backward(const T* G, const T* Zhat, const T* gamma,
+                                    const T* inv_std, T* dgamma, T* dbeta, T* out,
+                                    long long rows, long long cols) {
+    GRID_STRIDE(c, cols) {
+        double sg = 0.0, sgz = 0.0;
+        for (long long r = 0; r < rows; ++r) {
+            const double g = (double)G[r * cols + c];
+            sg += g;
+            sgz += g * (double)Zhat[r * cols + c];
+        }
+        dbeta[c] = (T)sg;
+        dgamma[c] = (T)sgz;
+        const double k = (double)gamma[c] * (double)inv_std[c];
+        const double mg = sg / (double)rows, mgz = sgz / (double)rows;
+        for (long long r = 0; r < rows; ++r) {
+            const long long i = r * cols + c;
+            out[i] = (T)(k * ((double)G[i] - mg - (double)Zhat[i] * mgz));
+        }
+    }
+}
+
+// out = x + y (a residual connection); out may be x.
+template <typename T>
+__global__ void add(const T* x, const T* y, T* out, long long n) {
+    GRID_STRIDE(i, n) out[i] = x[i] + y[i];
 }
 
 // ---------------------------------------------------------------- matrix products

@@ -49,7 +49,8 @@ from .base import Array, Backend
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
            "output_delta", "matmul", "sum_splits", "column_sum", "loss", "sum_squares",
-           "clip_factor", "update", "dropout", "multiply", "take_rows")
+           "clip_factor", "update", "dropout", "multiply", "take_rows", "batch_norm_stats",
+           "batch_norm_apply", "batch_norm_backward", "add")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: the counter kernel's C types: the graph's step number, dropout's draw number
@@ -426,7 +427,7 @@ class CuPyBackend(Backend):
                       T(1) if jacobian else inv_batch))
         if jacobian:   # mse + softmax: a ⊙ (g - Σ g a) / B with g = ŷ - y
             self._launch("softmax_backward", A.dtype, (blocks(B),), (THREADS,),
-                         (delta, A, np.int64(B), np.int64(n), inv_batch))
+                         (delta, A, delta, np.int64(B), np.int64(n), inv_batch))
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
@@ -436,13 +437,60 @@ class CuPyBackend(Backend):
         self._check(A.dtype, (delta_next, (B, n_next)), (W_next, (n_next, n)), (A, (B, n)),
                     (delta, (B, n)))
         self._matmul(delta_next, False, W_next, False, delta)
+        if activation.code != Code.IDENTITY:
+            self._activation_backward(delta, A, activation, delta)
+
+    def _activation_backward(self, G: Array, A: Array, activation: Activation,
+                             out: Array) -> None:
+        B, n = A.shape
+        T = _scalar(A.dtype)
         if activation.code == Code.SOFTMAX:
             self._launch("softmax_backward", A.dtype, (blocks(B),), (THREADS,),
-                         (delta, A, np.int64(B), np.int64(n), T(1)))
-        elif activation.code != Code.IDENTITY:
+                         (G, A, out, np.int64(B), np.int64(n), T(1)))
+        else:
             self._launch("activation_backward", A.dtype, (blocks(B * n),), (THREADS,),
-                         (delta, A, np.int64(B * n), np.int32(activation.code),
+                         (G, A, out, np.int64(B * n), np.int32(activation.code),
                           T(activation.alpha)))
+
+    def activation_backward(self, G: Array, A: Array, activation: Activation,
+                            out: Array) -> None:
+        self._check(A.dtype, (G, A.shape), (A, A.shape), (out, A.shape))
+        self._activation_backward(G, A, activation, out)
+
+    def batch_norm_forward(self, Z: Array, gamma: Array, beta: Array, running_mean: Array,
+                           running_var: Array, train: bool, momentum: float, eps: float,
+                           activation: Activation, Zhat: Array, mean: Array, inv_std: Array,
+                           A: Array) -> None:
+        B, n = Z.shape
+        T = _scalar(Z.dtype)
+        self._check(Z.dtype, (Z, (B, n)), (Zhat, (B, n)), (A, (B, n)),
+                    *((v, (n,)) for v in (gamma, beta, running_mean, running_var, mean,
+                                          inv_std)))
+        self._launch("batch_norm_stats", Z.dtype, (blocks(n),), (THREADS,),
+                     (Z, running_mean, running_var, mean, inv_std, np.int64(B), np.int64(n),
+                      np.int32(bool(train)), T(momentum), T(eps)))
+        softmax = activation.code == Code.SOFTMAX
+        self._launch("batch_norm_apply", Z.dtype, (blocks(B * n),), (THREADS,),
+                     (Z, mean, inv_std, gamma, np.uint64(0) if softmax else beta, Zhat, A,
+                      np.int64(B * n), np.int64(n),
+                      np.int32(Code.IDENTITY if softmax else activation.code),
+                      T(activation.alpha)))
+        if softmax:                                # + beta, then softmax per row, in place
+            self._launch("bias_softmax", Z.dtype, (blocks(B),), (THREADS,),
+                         (beta, A, A, np.int64(B), np.int64(n)))
+
+    def batch_norm_backward(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                            dgamma: Array, dbeta: Array, out: Array) -> None:
+        B, n = G.shape
+        self._check(G.dtype, (G, (B, n)), (Zhat, (B, n)), (out, (B, n)),
+                    *((v, (n,)) for v in (gamma, inv_std, dgamma, dbeta)))
+        self._launch("batch_norm_backward", G.dtype, (blocks(n),), (THREADS,),
+                     (G, Zhat, gamma, inv_std, dgamma, dbeta, out, np.int64(B), np.int64(n)))
+
+    def add(self, x: Array, y: Array, out: Array) -> None:
+        self._check(x.dtype, (x, x.shape), (y, x.shape), (out, x.shape))
+        self._launch("add", x.dtype, (blocks(x.size),), (THREADS,),
+                     (x, y, out, np.int64(x.size)))
 
     def weight_grad(self, delta: Array, A_prev: Array, dW: Array, db: Array) -> None:
         B, n = delta.shape
@@ -580,16 +628,22 @@ class CuPyBackend(Backend):
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
         scratch = [self._scratch_for("split_k", need, network.dtype)] if need else []
         if clip_norm is not None:
-            scratch.append(self._scratch_for("norm", 2 * sum(norm_blocks(g.size) for pair in grads
-                                                         for g in pair), np.float64))
+            scratch.append(self._scratch_for("norm", 2 * sum(norm_blocks(g.size)
+                                                         for g in network._flat_gradients()),
+                                             np.float64))
+        bn_grads = network.batch_norm_gradients()
         arrays = [X, Y, ws.total, ws.scale, ws.Z, ws.X, ws.Y, *ws.A, *ws.delta, *scratch,
                   *(m for m in ws.mask + ws.dropped if m is not None), self._rng_state,
-                  *network.parameters(), *(g for pair in grads for g in pair),
+                  *(a for a in ws.Zhat + ws.mean + ws.inv_std + ws.H + ws.E if a is not None),
+                  *network.parameters(), *network.buffers(),
+                  *(g for pair in grads for g in pair),
+                  *(g for pair in bn_grads if pair is not None for g in pair),
                   *(s for st in optimizer.state for s in st)]
         key = (tuple(a.data.ptr for a in arrays), tuple(tuple(a.shape) for a in arrays),
                ws.batch, stored_order, id(optimizer), repr(optimizer), optimizer.kind,
                l1, l2, clip_norm, tuple(map(str, network.activations)),
-               network.loss_function.name, steps)
+               network.loss_function.name, steps, tuple(network.batch_norm),
+               tuple(network.residual))
         plan = self._plans.get(network)
         if plan is not None and plan.key == key:
             return plan if plan.graph is not None else None
