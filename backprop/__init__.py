@@ -2,6 +2,7 @@
 
 from . import activations, init, losses, optimizers, reference
 from .backends import available_backends, get_backend, to_numpy
+from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .network import Network
 from .optimizers import SGD, Adam, AdamW, Momentum, Nesterov, RMSProp
 from .training import (Callback, CosineDecay, EarlyStopping, ExponentialDecay, History,
@@ -13,6 +14,7 @@ load = Network.load
 __version__ = "0.1.0"
 __all__ = [
     "Network", "load", "to_numpy", "get_backend", "available_backends",
+    "gradcheck", "GradcheckReport", "GradcheckError",
     "activations", "init", "losses", "optimizers", "reference",
     "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
     "History", "Callback", "EarlyStopping",
