@@ -178,10 +178,13 @@ def test_evaluation_uses_the_running_statistics(backend, case):
                                          "train"), 1e-10, "eval with batch statistics")
 
 
+@pytest.mark.parametrize("clip", [None, 1e9], ids=["folded-sgd", "optimizer-step"])
 @pytest.mark.parametrize("case", CASES[1:2], ids=IDS[1:2])
-def test_a_training_step_matches_the_transcription(backend, dtype, case):
+def test_a_training_step_matches_the_transcription(backend, dtype, case, clip):
     """One SGD step with l2 > 0 from random γ, β: the running statistics update as torch's,
-    W, b, γ, β change by η times the transcribed gradient, γ and β without the penalty."""
+    W, b, γ, β change by η times the transcribed gradient, γ and β without the penalty.
+    Both SGD paths: the update folded into the backward pass, and (a clip_norm that never
+    clips) the optimizer's step over every parameter."""
     rng = np.random.default_rng(4)
     net = network(backend, case, dtype=dtype)
     set_batch_norm(net, rng)
@@ -193,7 +196,8 @@ def test_a_training_step_matches_the_transcription(backend, dtype, case):
                            net.residual)
     grads = {k: oracles.finite_differences(f, [x for x in p[k] if x is not None], h=1e-6)
              for k in ("W", "b", "gamma", "beta")}
-    net.fit(X, Y, epochs=1, batch_size=8, learning_rate=lr, l2=l2, shuffle=False)
+    net.fit(X, Y, epochs=1, batch_size=8, learning_rate=lr, l2=l2, shuffle=False,
+            clip_norm=clip)
     after = params_of(net)
     tol = {np.dtype("float64"): 1e-6, np.dtype("float32"): 2e-3}[net.dtype]
     for k in ("W", "b", "gamma", "beta"):
