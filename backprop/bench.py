@@ -147,19 +147,23 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return Y
 
 
-def make_network(sizes: Sequence[int], backend: str) -> Network:
-    """ReLU hidden layers, softmax output, cross-entropy; float32; on the backend's device."""
+def make_network(sizes: Sequence[int], backend: str, batch_norm: bool = False,
+                 residual: bool = False) -> Network:
+    """ReLU hidden layers, softmax output, cross-entropy; float32; on the backend's device;
+    optionally batch normalization and residual connections on every hidden layer (that fits)."""
     device = "cuda" if backend == "cupy" else "cpu"
     return Network(sizes, ["relu"] * (len(sizes) - 2) + ["softmax"], "cross_entropy",
-                   device=device, backend=backend, seed=0)
+                   device=device, backend=backend, seed=0, batch_norm=batch_norm,
+                   residual=residual)
 
 
 class Prepared:
     """A network, one batch on its device and the workspaces: the calls the benchmarks time."""
 
     def __init__(self, sizes: Sequence[int], batch: int, backend: str = "numpy",
-                 learning_rate: float = 1e-3, optimizer: str = "sgd") -> None:
-        self.net = net = make_network(sizes, backend)
+                 learning_rate: float = 1e-3, optimizer: str = "sgd", batch_norm: bool = False,
+                 residual: bool = False) -> None:
+        self.net = net = make_network(sizes, backend, batch_norm, residual)
         be = net.backend
         X, labels = make_data(sizes, batch)
         self.X = be.asarray(X)
@@ -170,7 +174,7 @@ class Prepared:
         self.optimizer.reset(be, net.parameters())
         self.learning_rate = learning_rate
         self.sync = be.synchronize
-        self.inputs = net._forward(self.ws, self.X, train=False)
+        self.inputs = net._forward(self.ws, self.X, train=False, batch_stats=True)
 
     def train_step(self) -> None:
         """Forward, loss, backward and SGD update of one batch (``Network.train_step``)."""
@@ -186,10 +190,12 @@ class Prepared:
 
 
 def time_epoch(sizes: Sequence[int], n: int, batch: int, backend: str = "numpy",
-               repeat: int = 7, min_time: float = 0.05, optimizer: str = "sgd") -> float:
-    """Seconds of one epoch of n samples in batches of ``batch`` (``training.run_epoch``)."""
+               repeat: int = 7, min_time: float = 0.05, optimizer: str = "sgd",
+               batch_norm: bool = False, residual: bool = False) -> float:
+    """Seconds of one epoch of n samples in batches of ``batch`` (``training.run_epoch``:
+    the backend's whole-epoch path where it has one)."""
     from .training import run_epoch
-    net = make_network(sizes, backend)
+    net = make_network(sizes, backend, batch_norm, residual)
     be = net.backend
     X, labels = make_data(sizes, n)
     X, Y = be.asarray(X), be.asarray(one_hot(labels, sizes[-1]))
