@@ -17,8 +17,7 @@ For small networks :meth:`NumbaBackend.train_epoch` runs a whole epoch in one co
 (gather the shuffled batch, forward, loss, backward, update, for every batch), so Python is
 entered once per epoch; it calls the same kernels as the per-kernel path. It is used when
 no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout, clipping, batch
-normalization or residual connection (those run step by step, batch normalization's
-kernels inherited from the NumPy backend: see
+normalization or residual connection (those run step by step, each kernel compiled: see
 benchmarks/results/2vcpu-intel-xeon/batch-norm-residual.md for what that costs).
 
 All functions are compiled on first use with ``cache=True`` (a later process loads them
@@ -313,6 +312,92 @@ def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps
         p[i] = pi
 
 
+@_jit
+def _batch_norm_forward(Z, gamma, beta, running_mean, running_var, train, momentum, eps, code,
+                        alpha, Zhat, mean, inv_std, A):
+    """Batch normalization and σ (see ``Backend.batch_norm_forward``): column sums row by row
+    (each row a vectorized loop over the columns), two passes for the variance, then
+    ``A = γ Ẑ`` and :func:`_bias_activate` adds β and applies σ in the same pass as NumPy's."""
+    B, n = Z.shape
+    dt = Z.dtype.type
+    if train:
+        for j in range(n):
+            mean[j] = dt(0)
+            inv_std[j] = dt(0)
+        for i in range(B):
+            for j in range(n):
+                mean[j] += Z[i, j]
+        for j in range(n):
+            mean[j] /= dt(B)
+        for i in range(B):
+            for j in range(n):
+                d = Z[i, j] - mean[j]
+                Zhat[i, j] = d
+                inv_std[j] += d * d
+        for j in range(n):
+            inv_std[j] /= dt(B)                          # the biased variance, for now
+        if momentum != 0.0:
+            keep, m = dt(1.0 - momentum), dt(momentum)
+            unbiased = dt(momentum * B / max(B - 1, 1))
+            for j in range(n):
+                running_mean[j] = keep * running_mean[j] + m * mean[j]
+                running_var[j] = keep * running_var[j] + unbiased * inv_std[j]
+    else:
+        for j in range(n):
+            mean[j] = running_mean[j]
+            inv_std[j] = running_var[j]
+        for i in range(B):
+            for j in range(n):
+                Zhat[i, j] = Z[i, j] - mean[j]
+    one, e = dt(1), dt(eps)
+    for j in range(n):
+        inv_std[j] = one / math.sqrt(inv_std[j] + e)
+    for i in range(B):
+        for j in range(n):
+            z = Zhat[i, j] * inv_std[j]
+            Zhat[i, j] = z
+            A[i, j] = gamma[j] * z
+    _bias_activate(A, beta, code, alpha, A)
+
+
+@_jit
+def _batch_norm_backward(G, Zhat, gamma, inv_std, dgamma, dbeta, out):
+    """``dβ = Σ G``, ``dγ = Σ G ⊙ Ẑ`` (one pass), then
+    ``out = γ inv_std (G - (dβ + Ẑ dγ) / B)`` (one pass); out may be G."""
+    B, n = G.shape
+    dt = G.dtype.type
+    for j in range(n):
+        dgamma[j] = dt(0)
+        dbeta[j] = dt(0)
+    for i in range(B):
+        for j in range(n):
+            g = G[i, j]
+            dbeta[j] += g
+            dgamma[j] += g * Zhat[i, j]
+    r = dt(1.0 / B)
+    for i in range(B):
+        for j in range(n):
+            out[i, j] = gamma[j] * inv_std[j] * (G[i, j] - (dbeta[j] + Zhat[i, j] * dgamma[j]) * r)
+
+
+@_jit
+def _activation_backward(G, A, code, alpha, out):
+    """``out = G ⊙ σ'(A)``; out may be G."""
+    if out is not G:
+        for i in range(G.shape[0]):
+            for j in range(G.shape[1]):
+                out[i, j] = G[i, j]
+    _backprop_activation(out, A, code, alpha)
+
+
+@_jit
+def _add(x, y, out):
+    """``out = x + y`` (B, n)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = x[i, j] + y[i, j]
+
+
 # ---------------------------------------------------------------------- the fused epoch
 
 @_jit
@@ -398,6 +483,25 @@ class NumbaBackend(NumPyBackend):
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
              total: Array) -> None:
         total[0] += _loss(A, Z, Y, loss.code)
+
+    def batch_norm_forward(self, Z: Array, gamma: Array, beta: Array, running_mean: Array,
+                           running_var: Array, train: bool, momentum: float, eps: float,
+                           activation: Activation, Zhat: Array, mean: Array, inv_std: Array,
+                           A: Array) -> None:
+        _batch_norm_forward(Z, gamma, beta, running_mean, running_var, bool(train),
+                            float(momentum), float(eps), int(activation.code),
+                            activation.alpha, Zhat, mean, inv_std, A)
+
+    def batch_norm_backward(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                            dgamma: Array, dbeta: Array, out: Array) -> None:
+        _batch_norm_backward(G, Zhat, gamma, inv_std, dgamma, dbeta, out)
+
+    def activation_backward(self, G: Array, A: Array, activation: Activation,
+                            out: Array) -> None:
+        _activation_backward(G, A, int(activation.code), activation.alpha, out)
+
+    def add(self, x: Array, y: Array, out: Array) -> None:
+        _add(x, y, out)
 
     def update(self, param: Array, grad: Array, state: tuple[Array, ...],
                rule: UpdateRule) -> None:
