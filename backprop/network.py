@@ -556,9 +556,10 @@ class Network:
         if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
             rule_w, rule_b = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w)
-            for p, g in zip(self.parameters()[2 * self.n_layers:],
-                            self._flat_gradients()[2 * self.n_layers:]):
-                be.update(p, g, (), rule_b)          # γ, β: the biases' rule
+            if self._frozen:                         # γ, β: the biases' rule
+                for p, g in zip(self.parameters()[2 * self.n_layers:],
+                                self._flat_gradients()[2 * self.n_layers:]):
+                    be.update(p, g, (), rule_b)
             return
         self._backward(ws, inputs, Y, train=True)
         grads = self._flat_gradients()
