@@ -111,6 +111,18 @@ def test_to_another_backend_and_back(backend):
     back = bstate.capture(net).arrays
     for name in reference:
         assert np.array_equal(back[name], reference[name]), name
+    # trains on where it is moved, as a network that never moved
+    twin = trained("numpy")
+    net.to(DEVICE[backend], backend)
+    X, y = data(seed=6)
+    for n in (net, twin):
+        n.fit(X, y, epochs=1, batch_size=8, learning_rate=0.05, optimizer=n.optimizer_, seed=2)
+    if DEVICE[backend] == "cuda":
+        return      # it trained (kernels check their arrays' device); its dropout draws differ
+    tol = 1e-9
+    for a, b in zip(net.get_batch_norm(), twin.get_batch_norm()):
+        for key in ("gamma", "beta", "running_mean", "running_var"):
+            np.testing.assert_allclose(a[key], b[key], rtol=tol, atol=tol)
 
 
 def test_a_version_1_file_loads_as_a_network_without_batch_norm(tmp_path):

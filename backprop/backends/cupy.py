@@ -4,7 +4,9 @@ Parameters, optimizer state and workspaces live on one GPU. Each kernel of the c
 matrix product into a preallocated output followed by one fused kernel from
 ``kernels/backprop.cu``: bias + activation, δ ⊙ σ'(a) (softmax: the Jacobian product), the
 output delta, the loss (added into ``total[0]`` on the device), the bias column sums, the
-clipping factor, the optimizer update (one kernel switching on ``rule.kind``), dropout. The
+clipping factor, the optimizer update (one kernel switching on ``rule.kind``), dropout, batch
+normalization (the column statistics and its backward pass one thread per column, summed in
+double; the normalization and σ one elementwise kernel), the residual add. The
 templates are compiled once per process with NVRTC, for float and double, on first use.
 
 Nothing in a training step waits for the device; the loss is read once per epoch.
