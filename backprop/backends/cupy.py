@@ -435,7 +435,6 @@ class CuPyBackend(Backend):
               delta: Array) -> None:
         B, n = A.shape
         n_next = W_next.shape[0]
-        T = _scalar(A.dtype)
         self._check(A.dtype, (delta_next, (B, n_next)), (W_next, (n_next, n)), (A, (B, n)),
                     (delta, (B, n)))
         self._matmul(delta_next, False, W_next, False, delta)
