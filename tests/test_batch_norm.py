@@ -344,3 +344,36 @@ def test_cuda_graphs_run_and_change_nothing(backend, dtype, optimizer, clip, dro
     for key in p0:
         for a, b in zip(p0[key], p1[key]):
             assert (a is None and b is None) or np.array_equal(a, b), key
+
+
+@pytest.mark.parametrize("optimizer,clip", [("sgd", None), ("adam", 1.0)])
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_a_step_allocates_nothing(backend_name, optimizer, clip):
+    """Once the workspace exists, a step with batch normalization and residual connections
+    allocates no array (tests/test_backends.py's check: every array here is >= 128 KiB, a
+    step's transient peak must stay below that)."""
+    import tracemalloc
+    net = make_network(backend_name, [128, 256, 256, 128], ["relu", "tanh", "softmax"],
+                       "cross_entropy", seed=0, dropout=[0.1, 0.0], batch_norm=True,
+                       residual=True)
+    assert net.residual == [False, True]
+    rng = np.random.default_rng(0)
+    X = net.backend.asarray(rng.normal(size=(256, 128)), net.dtype)
+    Y = net.backend.asarray(np.eye(128)[rng.integers(0, 128, 256)], net.dtype)
+    opt = backprop.optimizers.get(optimizer)
+    opt.reset(net.backend, net.parameters())
+    ws = net.workspace(256)
+    step = lambda: net.train_step(ws, X, Y, opt, 0.01, clip_norm=clip)   # noqa: E731
+    step()
+    step()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(3):
+            step()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < 128 * 1024, f"a step allocated {peak - base} bytes at once"
+    assert current - base < 4096, f"steps kept {current - base} bytes"
