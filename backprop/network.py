@@ -28,6 +28,7 @@ from .guard import CallGuard
 from .validation import check_architecture, check_dtype, check_X, check_Y
 
 if TYPE_CHECKING:
+    from .diagnostics import Diagnosis
     from .training import Callback, History
 
 #: largest batch a forward pass over many samples runs at once (bounds workspace memory)
@@ -383,13 +384,17 @@ class Network:
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-                   clip_norm: float | None = None) -> None:
+                   clip_norm: float | None = None, clip_value: float | None = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
-        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing."""
+        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
+
+        Clipping: the gradient is scaled to global L2 norm ``clip_norm`` first (the norm of
+        the unclipped gradient), then each component clipped to [-clip_value, clip_value]."""
         be = self.backend
         inputs = self._forward(ws, X, train=True)
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
-        if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
+        if (optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None
+                and clip_value is None):
             rule_w, _ = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w)
             return
@@ -399,7 +404,8 @@ class Network:
         if clip_norm is not None:
             be.grad_scale(grads, clip_norm, ws.scale)
             scale = ws.scale
-        optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale)
+        optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale,
+                       clip_value or 0.0)
 
     # ------------------------------------------------------------------ public API
 
@@ -486,6 +492,13 @@ class Network:
             self._backward(ws, inputs, Y, train=False, grads=grads)
             return grads
 
+    def diagnose(self, X: Any, Y: Any, learning_rate: float = 0.01) -> "Diagnosis":
+        """Per-layer gradient norms, update ratios, dead and saturated units, and verdicts
+        naming vanishing or exploding gradients and dead ReLUs with the seeds' remedies: see
+        :func:`backprop.diagnostics.diagnose`. Changes nothing in the network."""
+        from .diagnostics import diagnose
+        return diagnose(self, X, Y, learning_rate)
+
     def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
         """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
         with self._guard.call("evaluate"):
@@ -512,7 +525,8 @@ class Network:
             l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
-            on_nonfinite: str = "warn") -> "History":
+            on_nonfinite: str = "warn", clip_value: float | None = None,
+            warmup_steps: int = 0, diagnostics: bool = False) -> "History":
         """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
@@ -533,7 +547,9 @@ class Network:
                            learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
                            seed=seed, validation_data=validation_data, l1=l1, l2=l2,
                            clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
-                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
+                           clip_value=clip_value, warmup_steps=warmup_steps,
+                           diagnostics=diagnostics)
             finally:
                 self._previous = {}
 
