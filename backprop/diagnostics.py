@@ -22,9 +22,9 @@ saturated_fraction hidden sigmoid and tanh layers: the fraction of units whose �
                    SATURATED_SAMPLES (half) of the samples; None for other layers
 ================== ==========================================================================
 
-The fractions are read from the layer's outputs a = σ(z) (z <= 0 exactly when a <= 0 for
-the relu family; σ' = a(1 - a), 1 - a² from a), or, where a layer has batch normalization
-or a skip connection, from z recomputed from its input.
+The fractions are read from the layer's outputs a = σ(z) of the same pass (z <= 0 exactly
+when a <= 0 for the relu family, whose σ is increasing with σ(0) = 0; σ'/max σ' = 4a(1 - a)
+for sigmoid, 1 - a² for tanh), before a skip connection adds the layer's input.
 
 Verdicts (thresholds are the module constants below; each message names the seeds' remedies):
 
@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import Code
-from .activations import get as get_activation
 
 if TYPE_CHECKING:
     from .network import Network
@@ -75,7 +74,6 @@ SATURATED_FRACTION = 0.5
 #: slower (benchmarks/diagnostics_cost.py, benchmarks/results/2vcpu-intel-xeon/diagnostics.md)
 PROBE_SIZE = 32
 
-_IDENTITY = get_activation("identity")
 RELU_FAMILY = (Code.RELU, Code.LEAKY_RELU, Code.ELU)
 SATURATING = (Code.SIGMOID, Code.TANH)
 
@@ -174,25 +172,12 @@ def diagnose(net: "Network", X: Any, Y: Any, learning_rate: float = 0.01) -> Dia
         return _diagnose(net, X, Y, learning_rate)
 
 
-def buffers(net: "Network", rows: int) -> tuple[Any, list[tuple[Any, Any]]]:
-    """A workspace of ``rows`` rows and gradient arrays of :func:`diagnose`'s own (``fit``
-    keeps one pair for its probe batch)."""
-    from .network import Workspace
-    be = net.backend
-    ws = Workspace(be, net.layer_sizes, net.dtype, rows, [0.0] * len(net.dropout), train=True)
-    grads = [(be.empty(W.shape, net.dtype), be.empty(b.shape, net.dtype))
-             for W, b in zip(net.W, net.b)]
-    return ws, grads
-
-
 def _diagnose(net: "Network", X: Any, Y: Any, learning_rate: float,
-              scratch: tuple[Any, list[tuple[Any, Any]]] | None = None) -> Diagnosis:
+              buffers: tuple[Any, Any] | None = None) -> Diagnosis:
     """:func:`diagnose` on device arrays already checked (``fit``'s probe batch), in the
-    buffers ``scratch`` (from :func:`buffers`) or new ones."""
+    buffers from ``net._backward_buffers`` or new ones."""
     be = net.backend
-    ws, grads = scratch if scratch is not None else buffers(net, X.shape[0])
-    inputs = net._forward(ws, X, train=False)
-    net._backward(ws, inputs, Y, train=False, grads=grads)
+    ws, _, grads = net._backward_pass(X, Y, buffers)
     host = be.to_numpy
     layers = []
     L = net.n_layers
@@ -204,19 +189,12 @@ def _diagnose(net: "Network", X: Any, Y: Any, learning_rate: float,
         weight_norm = _norm(W)
         inactive = saturated = None
         if l < L - 1 and (act.code in RELU_FAMILY or act.code in SATURATING):
-            if _plain(net, l):      # z from a = σ(z): a <= 0 iff z <= 0; σ' from a
-                a = host(ws.A[l]).astype(np.float64)
-                if act.code in RELU_FAMILY:
-                    inactive = float(np.mean(np.all(a <= 0, axis=0)))
-                else:
-                    slope = 4.0 * a * (1.0 - a) if act.code == Code.SIGMOID else 1.0 - a * a
-                    saturated = _saturated(slope)
-            else:
-                z = _pre_activation(net, l, inputs[l])
-                if act.code in RELU_FAMILY:
-                    inactive = float(np.mean(np.all(z <= 0, axis=0)))
-                else:
-                    saturated = _saturated(_relative_slope(act.code, z))
+            a = host(_activation_output(net, ws, l)).astype(np.float64)
+            if act.code in RELU_FAMILY:       # a <= 0 exactly when z <= 0
+                inactive = float(np.mean(np.all(a <= 0, axis=0)))
+            else:                              # σ'/max σ' from a
+                saturated = _saturated(4.0 * a * (1.0 - a) if act.code == Code.SIGMOID
+                                       else 1.0 - a * a)
         layers.append(LayerDiagnosis(
             layer=l + 1, activation=act.name, grad_norm=grad_norm,
             bias_grad_norm=_norm(host(grads[l][1]).astype(np.float64)),
@@ -227,43 +205,18 @@ def _diagnose(net: "Network", X: Any, Y: Any, learning_rate: float,
                      int(X.shape[0]))
 
 
-def _plain(net: "Network", l: int) -> bool:
-    """True when hidden layer l (0-based) keeps A = σ(Z): no batch normalization, no skip."""
-    return not any(bool((getattr(net, name, None) or [False] * net.n_layers)[l])
-                   for name in ("batch_norm", "residual"))
+def _activation_output(net: "Network", ws: Any, l: int) -> Any:
+    """σ(z) of hidden layer l (0-based) as the pass left it in ``ws``: ``A_l``, or, where the
+    layer has a skip connection (A_l = σ(z) + A_{l-1}), the workspace's ``H_l`` = σ(z). (With
+    batch normalization z is the normalised pre-activation, the activation's input.)"""
+    residual = getattr(net, "residual", None)
+    return ws.H[l] if residual and residual[l] else ws.A[l]
 
 
 def _saturated(slope: np.ndarray) -> float:
     """The fraction of units (columns) with σ'/max σ' below SATURATION_LEVEL on more than
     SATURATED_SAMPLES of the samples (rows)."""
     return float(np.mean(np.mean(slope < SATURATION_LEVEL, axis=0) > SATURATED_SAMPLES))
-
-
-def _pre_activation(net: "Network", l: int, a_in: Any) -> np.ndarray:
-    """z of hidden layer l (0-based) from its input (a device array), on the host in float64:
-    A_in Wᵀ + b by the backend's own forward kernel (identity activation; NumPy's matmul on
-    the host would alternate BLAS libraries with the backend's, which the NumPy backend's
-    notes measure 3x slower), batch-normalised with the running statistics where the layer
-    has batch normalization (the inference pass of ``Network(batch_norm=True)``)."""
-    be = net.backend
-    Z = be.empty((a_in.shape[0], net.layer_sizes[l + 1]), net.dtype)
-    be.forward(a_in, net.W[l], net.b[l], _IDENTITY, Z, Z)
-    z = be.to_numpy(Z).astype(np.float64)
-    flags = getattr(net, "batch_norm", None)
-    if flags is not None and flags[l]:
-        bn = net.get_batch_norm()[l]
-        z = (bn["gamma"] * (z - bn["running_mean"]) / np.sqrt(bn["running_var"] + bn["eps"])
-             + bn["beta"])
-    return z
-
-
-def _relative_slope(code: Code, z: np.ndarray) -> np.ndarray:
-    """σ'(z) / max σ': 4 σ(z)(1 - σ(z)) for sigmoid, 1 - tanh²(z) for tanh."""
-    if code == Code.SIGMOID:
-        s = 0.5 + 0.5 * np.tanh(0.5 * z)
-        return 4.0 * s * (1.0 - s)
-    t = np.tanh(z)
-    return 1.0 - t * t
 
 
 def _norm(x: np.ndarray) -> float:

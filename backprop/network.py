@@ -483,14 +483,28 @@ class Network:
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
-            be = self.backend
-            ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
-                           [0.0] * len(self.dropout), train=True)
-            grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                     for W, b in zip(self.W, self.b)]
-            inputs = self._forward(ws, X, train=False)
-            self._backward(ws, inputs, Y, train=False, grads=grads)
-            return grads
+            return self._backward_pass(X, Y)[2]
+
+    def _backward_buffers(self, rows: int) -> tuple[Workspace, list[tuple[Array, Array]]]:
+        """A workspace of ``rows`` rows and gradient arrays of :meth:`backward`'s own, made
+        anew (``fit(diagnostics=True)`` keeps one pair for its probe batch)."""
+        be = self.backend
+        ws = Workspace(be, self.layer_sizes, self.dtype, rows, [0.0] * len(self.dropout),
+                       train=True)
+        grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                 for W, b in zip(self.W, self.b)]
+        return ws, grads
+
+    def _backward_pass(self, X: Array, Y: Array, buffers: tuple[Workspace, Any] | None = None
+                       ) -> tuple[Workspace, list[Array], list[tuple[Array, Array]]]:
+        """:meth:`backward` on checked device arrays, in ``buffers`` (from
+        :meth:`_backward_buffers`) or new ones: returns the workspace (activations and δ of
+        every layer), every layer's input and the gradients. The one place both
+        :meth:`backward` and :func:`backprop.diagnostics.diagnose` take their pass from."""
+        ws, grads = buffers if buffers is not None else self._backward_buffers(X.shape[0])
+        inputs = self._forward(ws, X, train=False)
+        self._backward(ws, inputs, Y, train=False, grads=grads)
+        return ws, inputs, grads
 
     def diagnose(self, X: Any, Y: Any, learning_rate: float = 0.01) -> "Diagnosis":
         """Per-layer gradient norms, update ratios, dead and saturated units, and verdicts

@@ -657,13 +657,13 @@ def _probe(net: "Network", X: Any, Y: Any, seed: int | None) -> tuple[Any, Any, 
     training data (all of them when fewer), drawn once, in order, from a generator of its
     own seeded with fit's ``seed``, so the shuffle and dropout draws are the same as without
     diagnostics."""
-    from .diagnostics import PROBE_SIZE, buffers
+    from .diagnostics import PROBE_SIZE
     n = X.shape[0]
     if n > PROBE_SIZE:
         rows = np.sort(np.random.default_rng(seed).choice(n, PROBE_SIZE, replace=False))
         index = net.backend.asarray(rows)
         X, Y = X[index], Y[index]
-    return X, Y, buffers(net, X.shape[0])
+    return X, Y, net._backward_buffers(X.shape[0])
 
 
 def _diagnose_epoch(net: "Network", probe: tuple[Any, Any], epoch: int, learning_rate: float,
