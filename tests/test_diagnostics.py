@@ -4,6 +4,7 @@ problem and on healthy ones, the thresholds at their boundaries, and that nothin
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -282,3 +283,23 @@ def test_diagnose_is_exported():
     assert backprop.DiagnosticWarning is DiagnosticWarning
     assert issubclass(DiagnosticWarning, UserWarning)
     assert backprop.Diagnosis is dg.Diagnosis
+
+
+HAS_BN_RESIDUAL = {"batch_norm", "residual"} <= set(
+    inspect.signature(backprop.Network).parameters)
+
+
+@pytest.mark.skipif(not HAS_BN_RESIDUAL, reason="needs Network(batch_norm=, residual=) from "
+                                                "helper 'bn' of issue 11 (not merged here)")
+def test_dead_units_behind_batch_norm_and_a_skip_connection(backend):
+    """With a skip, A_l = σ(BN(z)) + A_{l-1} is positive where the input is: the dead units
+    are read from σ(BN(z)) itself. β = -50 puts BN(z) (|·| <= √(B - 1) before β) below 0."""
+    X, y = data(n=48, n_in=16)
+    net = make_network(backend, [16, 16, 16, 3], ["relu", "relu", "softmax"], "cross_entropy",
+                       seed=0, batch_norm=True, residual=True)
+    be = net.backend
+    be.copy(be.asarray(np.where(np.arange(16) < 10, -50.0, 0.0), net.dtype), net.beta[1])
+    d = net.diagnose(X, y)
+    assert d.layers[1].inactive_fraction == 10 / 16
+    assert d.layers[0].inactive_fraction < 0.5
+    assert kinds(d) == ["dead_relu"] and d.verdicts[0].layer == 2
