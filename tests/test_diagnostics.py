@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from support import RTOL, assert_close, assert_same_state, make_network, state_arrays
+from support import RTOL, assert_same_state, make_network, state_arrays
 from test_resume import problem
 
 import backprop
