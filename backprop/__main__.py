@@ -1,4 +1,5 @@
-"""Command line: ``python -m backprop demo`` trains on handwritten digits; ``bench`` measures."""
+"""Command line: ``python -m backprop demo`` trains on handwritten digits; ``doctor`` shows
+vanishing gradients and their remedies; ``bench`` measures."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def demo(args: argparse.Namespace) -> None:
           f"{max(history['samples_per_second']):,.0f} samples/s")
 
 
+def doctor(args: argparse.Namespace) -> None:
+    from . import doctor as _doctor
+    if args.depth < 1 or args.epochs < 1:
+        raise SystemExit("--depth and --epochs: expected positive integers")
+    _doctor.run(depth=args.depth, epochs=args.epochs, plot=args.plot, device=args.device,
+                backend=args.backend)
+
+
 def bench(args: argparse.Namespace) -> None:
     from . import bench as _bench
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -59,6 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backend", default=None, help="numpy, numba or cupy (default: by device)")
     p.add_argument("--epochs", type=int, default=20)
     p.set_defaults(run=demo)
+    p = sub.add_parser("doctor", help="a deep sigmoid network's vanishing gradients, "
+                                      "diagnosed, and the same depth with the seeds' remedies")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--backend", default=None, help="numpy, numba or cupy (default: by device)")
+    p.add_argument("--depth", type=int, default=20, help="hidden layers (default 20)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of training (default 20)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw the per-layer gradient norms into FILE (matplotlib)")
+    p.set_defaults(run=doctor)
     p = sub.add_parser("bench", help="measure speed, the complexity table and memory; write a "
                                      "report (markdown, JSON, PNG plots)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (what CI runs)")

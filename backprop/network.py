@@ -28,6 +28,7 @@ from .guard import CallGuard
 from .validation import check_architecture, check_dtype, check_X, check_Y
 
 if TYPE_CHECKING:
+    from .diagnostics import Diagnosis
     from .training import Callback, History
 
 #: largest batch a forward pass over many samples runs at once (bounds workspace memory)
@@ -547,13 +548,17 @@ class Network:
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-                   clip_norm: float | None = None) -> None:
+                   clip_norm: float | None = None, clip_value: float | None = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
-        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing."""
+        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
+
+        Clipping: the gradient is scaled to global L2 norm ``clip_norm`` first (the norm of
+        the unclipped gradient), then each component clipped to [-clip_value, clip_value]."""
         be = self.backend
         inputs = self._forward(ws, X, train=True)
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
-        if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
+        if (optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None
+                and clip_value is None):
             rule_w, rule_b = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w)
             if self._frozen:                         # γ, β: the biases' rule
@@ -568,7 +573,7 @@ class Network:
             be.grad_scale(grads, clip_norm, ws.scale)
             scale = ws.scale
         optimizer.step(be, self.parameters(), grads, learning_rate, l1, l2, scale,
-                       weights=self.n_layers, frozen=self._frozen)
+                       clip_value or 0.0, weights=self.n_layers, frozen=self._frozen)
 
     # ------------------------------------------------------------------ public API
 
@@ -653,16 +658,36 @@ class Network:
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
-            be = self.backend
-            ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
-                           [0.0] * len(self.dropout), train=True, batch_norm=self.batch_norm,
-                           residual=self.residual)
-            grads = Gradients((be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                              for W, b in zip(self.W, self.b))
-            grads.batch_norm = self._new_bn_grads()
-            inputs = self._forward(ws, X, train=False, batch_stats=True)
-            self._backward(ws, inputs, Y, train=False, grads=grads, bn_grads=grads.batch_norm)
-            return grads
+            return self._backward_pass(X, Y)[2]
+
+    def _backward_buffers(self, rows: int) -> tuple[Workspace, "Gradients"]:
+        """A workspace of ``rows`` rows and gradient arrays of :meth:`backward`'s own, made
+        anew (``fit(diagnostics=True)`` keeps one pair for its probe batch)."""
+        be = self.backend
+        ws = Workspace(be, self.layer_sizes, self.dtype, rows, [0.0] * len(self.dropout),
+                       train=True, batch_norm=self.batch_norm, residual=self.residual)
+        grads = Gradients((be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
+                          for W, b in zip(self.W, self.b))
+        grads.batch_norm = self._new_bn_grads()
+        return ws, grads
+
+    def _backward_pass(self, X: Array, Y: Array, buffers: tuple[Workspace, Any] | None = None
+                       ) -> tuple[Workspace, list[Array], "Gradients"]:
+        """:meth:`backward` on checked device arrays, in ``buffers`` (from
+        :meth:`_backward_buffers`) or new ones: returns the workspace (activations and δ of
+        every layer), every layer's input and the gradients. The one place both
+        :meth:`backward` and :func:`backprop.diagnostics.diagnose` take their pass from."""
+        ws, grads = buffers if buffers is not None else self._backward_buffers(X.shape[0])
+        inputs = self._forward(ws, X, train=False, batch_stats=True)
+        self._backward(ws, inputs, Y, train=False, grads=grads, bn_grads=grads.batch_norm)
+        return ws, inputs, grads
+
+    def diagnose(self, X: Any, Y: Any, learning_rate: float = 0.01) -> "Diagnosis":
+        """Per-layer gradient norms, update ratios, dead and saturated units, and verdicts
+        naming vanishing or exploding gradients and dead ReLUs with the seeds' remedies: see
+        :func:`backprop.diagnostics.diagnose`. Changes nothing in the network."""
+        from .diagnostics import diagnose
+        return diagnose(self, X, Y, learning_rate)
 
     def _batch_loss(self, X: Array, Y: Array) -> float:
         """The mean loss of (X, Y) (device arrays) as one training-mode batch without dropout:
@@ -700,7 +725,8 @@ class Network:
             l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
-            on_nonfinite: str = "warn") -> "History":
+            on_nonfinite: str = "warn", clip_value: float | None = None,
+            warmup_steps: int = 0, diagnostics: bool = False) -> "History":
         """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
@@ -721,7 +747,9 @@ class Network:
                            learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
                            seed=seed, validation_data=validation_data, l1=l1, l2=l2,
                            clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
-                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
+                           clip_value=clip_value, warmup_steps=warmup_steps,
+                           diagnostics=diagnostics)
             finally:
                 self._previous = {}
 

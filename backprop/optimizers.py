@@ -1,7 +1,8 @@
 """Optimizers: the state they keep, and one backend ``update`` call per parameter.
 
-With g the gradient (times the clipping factor, plus the regularization terms
-``l1 · sign(W) + 2 · l2 · W`` for weights), and η the learning rate:
+With g the gradient (times the clipping factor, then clipped elementwise to [-c, c] when
+``clip_value`` c is set, plus the regularization terms ``l1 · sign(W) + 2 · l2 · W`` for
+weights), and η the learning rate:
 
 ============== =======================================================================
 SGD            p ← p - η g
@@ -26,8 +27,10 @@ SGD_KIND, MOMENTUM_KIND, RMSPROP_KIND, ADAM_KIND = range(4)
 class UpdateRule:
     """The scalars one ``Backend.update`` call needs (see the module docstring).
 
-    ``grad_scale`` multiplies the gradient first (gradient clipping); it is a float, or a
-    one-element array on the backend's device when the factor was computed there.
+    ``grad_scale`` multiplies the gradient first (clipping by global norm); it is a float, or
+    a one-element array on the backend's device when the factor was computed there. Then,
+    when ``clip_value`` c > 0, each component is clipped to [-c, c] (0: no clipping; NaN
+    stays NaN). The penalty terms are added after both.
     """
 
     kind: int
@@ -43,6 +46,7 @@ class UpdateRule:
     l1: float = 0.0
     l2: float = 0.0
     grad_scale: Any = 1.0
+    clip_value: float = 0.0
 
 
 def _check_unit(name: str, value: float, low_open: bool = False) -> float:
@@ -93,21 +97,22 @@ class Optimizer:
             for st, p in zip(self.state, params))
 
     def rules(self, learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-              grad_scale: Any = 1.0) -> tuple[UpdateRule, UpdateRule]:
+              grad_scale: Any = 1.0, clip_value: float = 0.0) -> tuple[UpdateRule, UpdateRule]:
         """Advance the step counter; the rules for weights and for biases."""
         self.t += 1
-        weights = self._rule(learning_rate, l1=l1, l2=l2, grad_scale=grad_scale)
-        biases = self._rule(learning_rate, grad_scale=grad_scale)
+        weights = self._rule(learning_rate, l1=l1, l2=l2, grad_scale=grad_scale,
+                             clip_value=clip_value)
+        biases = self._rule(learning_rate, grad_scale=grad_scale, clip_value=clip_value)
         return weights, biases
 
     def step(self, backend: Any, params: list[Any], grads: list[Any], learning_rate: float,
              l1: float = 0.0, l2: float = 0.0, grad_scale: Any = 1.0,
-             weights: int | None = None, frozen: Any = ()) -> None:
+             clip_value: float = 0.0, weights: int | None = None, frozen: Any = ()) -> None:
         """One update of every parameter. ``params``/``grads``: flat lists W1, b1, W2, b2...;
         with ``weights`` = L, only the first 2L are such pairs and the rest (batch
         normalization's γ, β) take the biases' rule (no L1/L2 penalty). Parameters at the
         indices in ``frozen`` are left as they are (a bias followed by batch normalization)."""
-        rule_w, rule_b = self.rules(learning_rate, l1, l2, grad_scale)
+        rule_w, rule_b = self.rules(learning_rate, l1, l2, grad_scale, clip_value)
         pairs = len(params) if weights is None else 2 * weights
         for i, (p, g) in enumerate(zip(params, grads)):
             if i not in frozen:

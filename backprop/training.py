@@ -14,6 +14,7 @@ training state is written at every epoch's end and a later fit resumes from it.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import secrets
 import signal
@@ -45,11 +46,15 @@ class History:
     ``val_accuracy`` (classification). ``epochs`` counts the epochs recorded, every key has one
     value per epoch; ``stopped_early`` says a callback stopped training; ``diverged_epoch`` is
     the epoch whose loss or parameters were not finite (its values are not recorded, and the
-    network was rolled back to the epoch before), else None.
+    network was rolled back to the epoch before), else None. ``diagnostics``: with
+    ``fit(diagnostics=True)``, each epoch's :class:`backprop.diagnostics.Diagnosis` of the
+    probe batch (None for the epochs of a checkpoint's earlier run: diagnoses are not part of
+    the saved state), else empty.
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
+        self.diagnostics: list[Any] = []
         self.epochs = 0
         self.stopped_early = False
         self.diverged_epoch: int | None = None
@@ -192,14 +197,154 @@ class CosineDecay:
         return self.minimum + 0.5 * (learning_rate - self.minimum) * (1 + math.cos(math.pi * t))
 
 
+class ReduceLROnPlateau:
+    """Multiply the learning rate by ``factor`` when ``monitor`` has stopped improving for
+    more than ``patience`` epochs: PyTorch's ``torch.optim.lr_scheduler.ReduceLROnPlateau``
+    rule, as an ``lr_schedule`` of :func:`fit` (``fit(..., lr_schedule=ReduceLROnPlateau())``).
+
+    After each epoch e, with v its logged ``monitor``: v improves on ``best`` when
+    v < best · (1 - threshold) (mode ``min``, threshold_mode ``rel``; ``abs``:
+    v < best - threshold; mode ``max``: v > best · (1 + threshold), v > best + threshold);
+    then best = v and the bad-epoch count is reset, else it grows by one. During a cooldown
+    (``cooldown`` epochs after a reduction) bad epochs are not counted. When the count
+    exceeds ``patience``: η ← max(η · factor, min_lr) (ignored when the change is at most
+    ``eps``), the count is reset and the cooldown starts. The rate of epoch e + 1 is the η
+    after epoch e's value; η starts at fit's ``learning_rate``.
+
+    ``mode="auto"`` (Keras's default) is ``max`` for a monitor ending in ``accuracy``, else
+    ``min``. Defaults (factor 0.1, patience 10, threshold 1e-4 relative, cooldown 0,
+    min_lr 0, eps 1e-8) are PyTorch's.
+
+    State: the schedule reads the epochs' logs from the fit's :class:`History`
+    (``network.history_``) and its state (η, best, bad epochs, cooldown) is a function of
+    them alone: reset at every fit (:meth:`on_train_begin`) and, on a resume from a
+    checkpoint, rebuilt from the saved history, so a resumed fit takes the same rates as an
+    uninterrupted one. Use one instance per concurrently running fit.
+
+    Raises ValueError for a bad argument; at fit's start, ValueError when fit does not log
+    ``monitor`` (pass ``validation_data`` for ``val_*``).
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_lr: float = 0.0, cooldown: int = 0, mode: str = "auto",
+                 threshold: float = 1e-4, threshold_mode: str = "rel",
+                 eps: float = 1e-8) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"monitor: expected the name of a logged metric, got {monitor!r}")
+        self.monitor = monitor
+        if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+                or not 0 < factor < 1):
+            raise ValueError(f"factor: expected a number with 0 < factor < 1, got {factor!r}")
+        self.factor = float(factor)
+        self.patience = _check_count("patience", patience)
+        self.min_lr = check_nonnegative_float("min_lr", min_lr)
+        self.cooldown = _check_count("cooldown", cooldown)
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode: expected 'auto', 'min' or 'max', got {mode!r}")
+        self.mode = mode
+        self.threshold = check_nonnegative_float("threshold", threshold)
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode: expected 'rel' or 'abs', got {threshold_mode!r}")
+        self.threshold_mode = threshold_mode
+        self.eps = check_nonnegative_float("eps", eps)
+        self._maximize = mode == "max" or (mode == "auto" and monitor.endswith("accuracy"))
+        self._network: Any = None
+        self._reset(None)
+
+    def _reset(self, learning_rate: float | None) -> None:
+        self.learning_rate = learning_rate        # η now (None before the first epoch)
+        self.best = -math.inf if self._maximize else math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self._seen = 0                            # epochs of the history taken into account
+        self._base = learning_rate
+
+    def on_train_begin(self, network: "Network") -> None:
+        """Reset the state; the schedule follows ``network``'s history from now on."""
+        self._network = weakref.ref(network)
+        self._reset(None)
+
+    def _better(self, value: float) -> bool:
+        rel = self.threshold_mode == "rel"
+        if self._maximize:
+            return value > (self.best * (1 + self.threshold) if rel else self.best + self.threshold)
+        return value < (self.best * (1 - self.threshold) if rel else self.best - self.threshold)
+
+    def step(self, value: float) -> None:
+        """Take one epoch's monitored ``value`` into account (PyTorch's ``step``)."""
+        if self._better(value):
+            self.best, self.num_bad_epochs = value, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            reduced = max(self.learning_rate * self.factor, self.min_lr)
+            if self.learning_rate - reduced > self.eps:
+                self.learning_rate = reduced
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+
+    def __call__(self, epoch: int, learning_rate: float) -> float:
+        """The rate of ``epoch``, from the logs of the epochs before it."""
+        network = self._network() if self._network is not None else None
+        history = getattr(network, "history_", None)
+        if history is None:
+            raise RuntimeError("ReduceLROnPlateau: called outside fit; pass it to "
+                               "fit(..., lr_schedule=ReduceLROnPlateau(...))")
+        if epoch > history.epochs:
+            raise RuntimeError(f"ReduceLROnPlateau: asked for epoch {epoch}, the history "
+                               f"holds {history.epochs} epochs")
+        if self._seen > epoch or self._base != learning_rate:    # a fresh start
+            self._reset(learning_rate)
+        if epoch and self.monitor not in history:
+            raise KeyError(f"ReduceLROnPlateau: monitor {self.monitor!r} is not among the "
+                           f"logged metrics {history.keys()}")
+        for e in range(self._seen, epoch):
+            self.step(history[self.monitor][e])
+        self._seen = epoch
+        return self.learning_rate
+
+    def __repr__(self) -> str:
+        return (f"ReduceLROnPlateau(monitor={self.monitor!r}, factor={self.factor}, "
+                f"patience={self.patience}, min_lr={self.min_lr}, cooldown={self.cooldown}, "
+                f"mode={self.mode!r}, threshold={self.threshold}, "
+                f"threshold_mode={self.threshold_mode!r})")
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def warmup_factors(first_step: int, steps: int, warmup_steps: int) -> np.ndarray | None:
+    """The linear warm-up factors min(1, (s + 1) / k) of steps s = first_step ..
+    first_step + steps - 1 (float64), k = ``warmup_steps``; None when every one is 1.
+
+    Step s (counted from the start of the fit, 0-based, resumed fits included) trains at
+    η_s = η_epoch · min(1, (s + 1) / k): the gradual warm-up of Goyal et al. 2017, "Accurate,
+    Large Minibatch SGD: Training ImageNet in 1 Hour", §2.2 (a linear ramp to η over the
+    first k steps), starting at η / k rather than 0 so that no step is wasted.
+    """
+    if first_step + 1 >= warmup_steps:         # (s + 1) / k >= 1 from the first step on
+        return None
+    s = np.arange(first_step, first_step + steps, dtype=np.float64)
+    return np.minimum(1.0, (s + 1.0) / warmup_steps)
+
+
 # ---------------------------------------------------------------- the loop
 
 def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               optimizer: _optimizers.Optimizer, learning_rate: float, l1: float = 0.0,
               l2: float = 0.0, clip_norm: float | None = None,
-              between_steps: Callable[[], None] | None = None) -> float:
+              between_steps: Callable[[], None] | None = None,
+              clip_value: float | None = None, rates: np.ndarray | None = None) -> float:
     """One epoch of steps over device arrays X, Y in ``order`` (device int64 array, or None
     for the stored order). Returns the summed per-sample loss (one read from the device).
+
+    ``rates``: the learning rate of each step (host float64, one per batch: a warm-up), else
+    ``learning_rate`` for every step.
 
     ``between_steps`` is called after every step the Python loop takes (after the whole epoch
     when a backend runs it in one call): :func:`fit` delivers a deferred Ctrl-C there.
@@ -212,8 +357,8 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
     for ws in spaces:
         ws.total[0] = 0
     if not be.train_epoch(net, X, Y, order, batch_size, optimizer, learning_rate, l1, l2,
-                          clip_norm, full.total):
-        for start in range(0, n, batch_size):
+                          clip_norm, full.total, clip_value, rates):
+        for k, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             ws = full if stop - start == batch_size else spaces[-1]
             if order is None:
@@ -222,7 +367,8 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
                 be.take_rows(X, order[start:stop], ws.X)
                 be.take_rows(Y, order[start:stop], ws.Y)
                 Xb, Yb = ws.X, ws.Y
-            net.train_step(ws, Xb, Yb, optimizer, learning_rate, l1, l2, clip_norm)
+            lr = learning_rate if rates is None else float(rates[k])
+            net.train_step(ws, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value)
             if between_steps is not None:
                 between_steps()
     return sum(float(be.to_numpy(ws.total)[0]) for ws in spaces)
@@ -277,7 +423,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         lr_schedule: Callable[[int, float], float] | None = None,
         callbacks: Sequence[Callback | Callable[..., Any]] = (),
         verbose: bool | str = False, checkpoint: str | os.PathLike[str] | None = None,
-        on_nonfinite: str = "warn") -> History:
+        on_nonfinite: str = "warn", clip_value: float | None = None,
+        warmup_steps: int = 0, diagnostics: bool = False) -> History:
     """Train ``net`` by mini-batch gradient descent and return the :class:`History`.
 
     Parameters
@@ -301,9 +448,31 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         l1 Σ|W| + l2 Σ W² (weights only, not biases); see :class:`History`.
     clip_norm : float, optional
         Clip the gradient to this global L2 norm before each update.
+    clip_value : float, optional
+        Clip each gradient component to [-clip_value, clip_value] before each update (as
+        ``torch.nn.utils.clip_grad_value_``, Keras's ``clipvalue``). With ``clip_norm`` too,
+        the norm comes first: g ← clip(min(1, clip_norm/‖g‖) · g, -clip_value, clip_value),
+        ‖g‖ the norm of the unclipped gradient; both bounds hold for the result (clipping
+        components only shrinks the norm). Keras refuses both at once and PyTorch leaves
+        the order to the caller, so this order is ours: the one that needs no second pass
+        (the norm is computed before the update kernel, the value clipping done inside it).
+        The l1/l2 terms are added after clipping.
     lr_schedule : callable, optional
         ``f(epoch, learning_rate) -> learning_rate``; one with state may define
         ``on_train_begin(network)``, called at the start of every fit.
+        :class:`ReduceLROnPlateau` reads the logged metrics.
+    warmup_steps : int
+        k > 0: linear warm-up over the fit's first k optimizer steps, multiplying the rate
+        of every schedule: step s (0-based, counted from the start of the fit, across a
+        resume) trains at η_epoch · min(1, (s + 1) / k) (see :func:`warmup_factors`). The
+        logged ``learning_rate`` is the rate of the epoch's last step.
+    diagnostics : bool
+        Run :func:`backprop.diagnostics.diagnose` after every epoch on a fixed probe batch
+        of the training data (:data:`backprop.diagnostics.PROBE_SIZE` rows drawn once per
+        fit, from a generator of its own: the training is the same with or without it),
+        keep the results in ``history.diagnostics`` (one per epoch; None for epochs of a
+        checkpoint's earlier run), and warn (:class:`backprop.diagnostics.DiagnosticWarning`)
+        once per fit for each kind of problem its verdicts name.
     callbacks : sequence
         :class:`Callback` instances, or callables ``f(epoch, logs)``; a True result stops.
     verbose : bool or "progress"
@@ -335,6 +504,11 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     l2 = check_nonnegative_float("l2", l2)
     if clip_norm is not None:
         clip_norm = check_positive_float("clip_norm", clip_norm)
+    if clip_value is not None:
+        clip_value = check_positive_float("clip_value", clip_value)
+    warmup_steps = _check_count("warmup_steps", warmup_steps)
+    if diagnostics not in (False, True, 0, 1):
+        raise ValueError(f"diagnostics: expected True or False, got {diagnostics!r}")
     if lr_schedule is not None and not callable(lr_schedule):
         raise TypeError(f"lr_schedule: expected a callable (epoch, learning_rate) -> float, "
                         f"got {lr_schedule!r}")
@@ -362,12 +536,17 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         if isinstance(cb, EarlyStopping) and cb.monitor not in keys:
             raise ValueError(f"callbacks: EarlyStopping monitors {cb.monitor!r}, which this fit "
                              f"does not log (it logs {keys}); pass validation_data for val_*")
+    if isinstance(lr_schedule, ReduceLROnPlateau) and lr_schedule.monitor not in keys:
+        raise ValueError(f"lr_schedule: ReduceLROnPlateau monitors {lr_schedule.monitor!r}, "
+                         f"which this fit does not log (it logs {keys}); pass "
+                         "validation_data for val_*")
     resume = _resume_point(path, net, opt, keys) if path and os.path.exists(path) else None
     bar = _progress_bar(epochs) if verbose == "progress" else None
 
     be = net.backend
     n = X.shape[0]
     batch_size = min(batch_size, n)
+    steps = -(-n // batch_size)                      # optimizer steps per epoch
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
@@ -382,6 +561,11 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                           "another checkpoint path, to train anew", UserWarning, stacklevel=3)
         if bar is not None and history.epochs:
             bar.update(history.epochs)
+        probe = _probe(net, X, Y, seed) if diagnostics else None
+        warned: set[str] = set()
+        if probe is not None:
+            history.diagnostics = history.diagnostics[:history.epochs]
+            history.diagnostics += [None] * (history.epochs - len(history.diagnostics))
         try:
             for epoch in range(history.epochs, history.epochs if ended else epochs):
                 lr = learning_rate if lr_schedule is None else float(lr_schedule(epoch, learning_rate))
@@ -389,12 +573,16 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                     raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
                                      "expected a positive finite number")
                 order = be.asarray(rng.permutation(n)) if shuffle else None
+                factors = warmup_factors(epoch * steps, steps, warmup_steps)
+                rates = None if factors is None else lr * factors
                 start = time.perf_counter()
                 with np.errstate(all="ignore"):      # non-finite values are caught below
                     total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
-                                      between_steps=interrupt.check)
+                                      between_steps=interrupt.check, clip_value=clip_value,
+                                      rates=rates)
                     seconds = time.perf_counter() - start
-                    logs = _epoch_logs(net, total / n, lr, seconds, n, val, l1, l2)
+                    logs = _epoch_logs(net, total / n, lr if rates is None else float(rates[-1]),
+                                       seconds, n, val, l1, l2)
                 problem = _nonfinite(net, logs)
                 if problem:
                     last_finite.restore(net)
@@ -407,6 +595,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                     break
                 history.append(logs)
                 last_finite.take(net)
+                if probe is not None:
+                    _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history, warned)
                 if bar is not None:
                     bar.set_postfix(loss=f"{logs['loss']:.4g}")
                     bar.update(1)
@@ -462,9 +652,41 @@ def _begin(net: "Network", opt: _optimizers.Optimizer, seed: int | None,
     return history, rng
 
 
+def _probe(net: "Network", X: Any, Y: Any, seed: int | None) -> tuple[Any, Any, Any]:
+    """The probe batch of ``fit(diagnostics=True)`` and its buffers: PROBE_SIZE rows of the
+    training data (all of them when fewer), drawn once, in order, from a generator of its
+    own seeded with fit's ``seed``, so the shuffle and dropout draws are the same as without
+    diagnostics."""
+    from .diagnostics import PROBE_SIZE
+    n = X.shape[0]
+    if n > PROBE_SIZE:
+        rows = np.sort(np.random.default_rng(seed).choice(n, PROBE_SIZE, replace=False))
+        index = net.backend.asarray(rows)
+        X, Y = X[index], Y[index]
+    return X, Y, net._backward_buffers(X.shape[0])
+
+
+def _diagnose_epoch(net: "Network", probe: tuple[Any, Any], epoch: int, learning_rate: float,
+                    history: History, warned: set[str]) -> None:
+    """Diagnose the probe batch after an epoch; warn once per fit for each kind of problem."""
+    from .diagnostics import DiagnosticWarning, _diagnose
+    with np.errstate(all="ignore"):
+        result = _diagnose(net, probe[0], probe[1], learning_rate, probe[2])
+    history.diagnostics.append(result)
+    for verdict in result.verdicts:
+        if verdict.kind not in warned:
+            warned.add(verdict.kind)
+            warnings.warn(f"epoch {epoch}: {verdict.message}", DiagnosticWarning, stacklevel=4)
+
+
 def _check_callbacks(callbacks: Any) -> list[Any]:
     if callbacks is None:
         return []
+    if isinstance(callbacks, ReduceLROnPlateau) or any(
+            isinstance(cb, ReduceLROnPlateau) for cb in (callbacks if isinstance(
+                callbacks, (list, tuple)) else ())):
+        raise TypeError("callbacks: ReduceLROnPlateau is a learning-rate schedule; pass it as "
+                        "fit(..., lr_schedule=ReduceLROnPlateau(...))")
     if isinstance(callbacks, Callback) or callable(callbacks):
         raise TypeError(f"callbacks: expected a sequence of callbacks, got the single "
                         f"{callbacks!r}; pass [{type(callbacks).__name__}(...)]")

@@ -408,7 +408,8 @@ __global__ void clip_factor(const double* partial, long long count, T* out, T ma
 // ---------------------------------------------------------------- optimizer
 
 // One optimizer step for one parameter array of n elements, in place (optimizers.py):
-//   g = grad_scale · grad + l1 · sign(p) + 2 l2 · p;   AdamW first: p ← (1 - η λ) p
+//   g = clip(grad_scale · grad, -c, c) + l1 · sign(p) + 2 l2 · p  (c = clip_value when > 0)
+//   AdamW first: p ← (1 - η λ) p
 //   SGD p -= η g | momentum v = μ v + g, p -= η v (Nesterov η (g + μ v))
 //   RMSProp s = ρ s + (1 - ρ) g², p -= η g / (√s + ε)
 //   Adam m = β₁ m + (1 - β₁) g, v = β₂ v + (1 - β₂) g², p -= (η / c₁) m / (√(v / c₂) + ε)
@@ -418,8 +419,8 @@ template <typename T>
 __global__ void update(T* param, const T* grad, T* s0, T* s1, long long n, int kind,
                        T learning_rate, T momentum, int nesterov, T beta1, T beta2, T eps,
                        T bias_correction1, T bias_correction2, T weight_decay, T l1, T l2,
-                       T grad_scale, const T* grad_scale_ptr, const T* schedule,
-                       const int* step) {
+                       T grad_scale, const T* grad_scale_ptr, T clip_value,
+                       const T* schedule, const int* step) {
     T lr = learning_rate, c1 = bias_correction1, c2 = bias_correction2;
     if (schedule) {
         const T* s = schedule + 3LL * step[0];
@@ -431,6 +432,10 @@ __global__ void update(T* param, const T* grad, T* s0, T* s1, long long n, int k
     GRID_STRIDE(i, n) {
         T p = param[i];
         T g = grad[i] * scale;
+        if (clip_value > T(0)) {  // clipping by value, after the norm's factor; NaN stays NaN
+            if (g > clip_value) g = clip_value;
+            else if (g < -clip_value) g = -clip_value;
+        }
         if (l1 != T(0)) g += l1 * (p > T(0) ? T(1) : (p < T(0) ? T(-1) : T(0)));
         if (l2 != T(0)) g += T(2) * l2 * p;
         if (weight_decay != T(0)) p = p * (T(1) - lr * weight_decay);

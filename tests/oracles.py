@@ -24,11 +24,14 @@ def epoch_orders(n: int, epochs: int, shuffle: bool, seed: int | None) -> list[n
 
 def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, epochs: int,
         batch_size: int, orders, l1: float = 0.0, l2: float = 0.0,
-        clip_norm: float | None = None, clip_factors: list | None = None):
+        clip_norm: float | None = None, clip_factors: list | None = None,
+        clip_value: float | None = None, warmup_steps: int = 0):
     """``(W, b, epoch_losses)`` after the mini-batch loop of the seeds with ``optimizer``.
 
     Per batch (the last one partial): the mean of the per-sample gradients; clipped by the
-    global norm to ``clip_norm``; plus l1·sign(W) + 2·l2·W for weights only; then
+    global norm to ``clip_norm``; then each component to [-clip_value, clip_value]; plus
+    l1·sign(W) + 2·l2·W for weights only; step t = 1, 2, ... at the rate
+    η · min(1, t / warmup_steps) (a linear warm-up); then
     sgd:       p ← p - η g
     momentum:  v ← μ v + g; p ← p - η v        nesterov: p ← p - η (g + μ v)
     rmsprop:   s ← ρ s + (1 - ρ) g²; p ← p - η g / (√s + ε)
@@ -58,13 +61,16 @@ def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, 
                 if clip_factors is not None:
                     clip_factors.append(factor)
                 grads = [g * factor for g in grads]
+            if clip_value is not None:
+                grads = [np.minimum(np.maximum(g, -clip_value), clip_value) for g in grads]
             t += 1
+            lr = learning_rate * (min(1.0, t / warmup_steps) if warmup_steps else 1.0)
             new = []
             for i, (p, g) in enumerate(zip(params, grads)):
                 if i % 2 == 0:                       # a weight matrix
                     g = g + l1 * np.sign(p) + 2 * l2 * p
                 s = state.setdefault(i, [np.zeros_like(p), np.zeros_like(p)])
-                new.append(_step(optimizer, p, g, s, learning_rate, t))
+                new.append(_step(optimizer, p, g, s, lr, t))
             W, b = new[0::2], new[1::2]
         losses.append(total / n)
     return W, b, losses

@@ -188,6 +188,11 @@ FORMULA_CASES = [  # (optimizer, fit keywords)
     ("sgd", {"clip_norm": 0.05}),              # clipped at every step
     ("adam", {"clip_norm": 0.05, "l2": 0.01}),
     ("momentum", {"clip_norm": 100.0}),        # a bound above the norm: no clipping
+    ("sgd", {"clip_value": 0.01}),             # clipping by value: no folded SGD update
+    ("adam", {"clip_value": 0.02, "l1": 0.01}),
+    ("momentum", {"clip_norm": 0.05, "clip_value": 0.01}),   # the norm first, then the value
+    ("sgd", {"warmup_steps": 4}),              # a warm-up across the epoch boundary
+    ("adam", {"warmup_steps": 100, "clip_value": 0.05}),     # warm-up longer than the fit
 ]
 #: relative tolerance of the parameters' changes against the float64 oracle, by dtype
 FORMULA_RTOL = {"float64": 1e-9, "float32": 1e-3}
@@ -214,10 +219,18 @@ def test_fit_follows_the_optimizer_formulas(backend, path, dtype, optimizer, kw,
                               epochs=epochs, batch_size=batch_size,
                               orders=oracles.epoch_orders(len(X), epochs, True, 7),
                               clip_factors=factors, **kw)
+    if {"clip_value", "warmup_steps"} & set(kw):     # the case is not vacuous
+        plain = {k: v for k, v in kw.items() if k not in ("clip_value", "warmup_steps")}
+        W_plain, _, _ = oracle_fit(net, X, y, before, optimizer=optimizer, learning_rate=lr,
+                                   epochs=epochs, batch_size=batch_size,
+                                   orders=oracles.epoch_orders(len(X), epochs, True, 7), **plain)
+        moved = [np.linalg.norm(a - w0) for a, (w0, _) in zip(W, before)]
+        assert all(np.linalg.norm(a - c) > 0.05 * m for a, c, m in zip(W, W_plain, moved))
     calls = on_path(monkeypatch, net, path)
     history = net.fit(X, y, epochs=epochs, batch_size=batch_size, learning_rate=lr,
                       optimizer=optimizer, seed=7, **kw)
-    folded = optimizer == "sgd" and not kw.get("l1") and "clip_norm" not in kw
+    folded = (optimizer == "sgd" and not kw.get("l1") and "clip_norm" not in kw
+              and "clip_value" not in kw)
     assert_path_ran(calls, path, folded_sgd=folded)
     if "clip_norm" in kw:
         assert (max(factors) < 1) == (kw["clip_norm"] < 1), factors

@@ -157,7 +157,8 @@ class Backend(ABC):
                rule: UpdateRule) -> None:
         """One optimizer step for one parameter, in place, in one pass.
 
-        g = rule.grad_scale · grad + rule.l1 · sign(param) + 2 rule.l2 · param, then the
+        g = clip(rule.grad_scale · grad, -c, c) + rule.l1 · sign(param) + 2 rule.l2 · param
+        (c = ``rule.clip_value``, no clipping when 0; NaN stays NaN), then the
         rule of :mod:`backprop.optimizers` for ``rule.kind``; ``state`` holds that rule's
         buffers (none for SGD, v for momentum, s for RMSProp, m and v for Adam).
         """
@@ -244,7 +245,7 @@ class Backend(ABC):
 
         ``dW``, ``db`` are scratch. The default computes :meth:`weight_grad` then
         :meth:`update`; a backend with BLAS gemm folds the update into the product.
-        Only called for SGD without l1 or clipping.
+        Only called for SGD without l1 or clipping (by norm or by value).
         """
         self.weight_grad(delta, A_prev, dW, db)
         self.update(W, dW, (), rule)
@@ -252,13 +253,16 @@ class Backend(ABC):
 
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
-                    l2: float, clip_norm: float | None, total: Array) -> bool:
+                    l2: float, clip_norm: float | None, total: Array,
+                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
         """Optionally run a whole epoch of mini-batch steps in one call.
 
         Does what :func:`backprop.training.run_epoch` does with
         :meth:`backprop.network.Network.train_step`: batches of ``batch_size`` rows of X, Y
         in ``order`` (int64 on this device; None: stored order), the last one partial, the
-        summed loss of all of them added to ``total[0]``. Returns False, having done nothing,
+        summed loss of all of them added to ``total[0]``. ``rates`` (host float64, one per
+        batch), when given, is each step's learning rate (a warm-up) instead of
+        ``learning_rate``; ``clip_value`` clips each gradient component (see :meth:`update`). Returns False, having done nothing,
         when this backend has no such path for the configuration; the Python loop then runs
         the steps one kernel at a time.
         """

@@ -20,8 +20,8 @@ CUDA graphs: CuPy refuses cuBLAS calls during stream capture, so graphs need eve
 the step on our own kernel. :meth:`CuPyBackend.train_epoch` then captures one training step
 for the batch shape and replays it once per batch: rows are gathered inside the graph from a
 device copy of the epoch's order at ``step[0] · B``, and the learning rate and Adam's bias
-corrections are read from a device table ``schedule[step[0]]`` filled once per epoch, so one
-capture serves every step and epoch. The same kernels run without graphs, so results are
+corrections are read from a device table ``schedule[step[0]]`` filled once per epoch (a
+warm-up's per-step rates included), so one capture serves every step and epoch. The same kernels run without graphs, so results are
 identical either way (dropout too: its masks are drawn in the kernel from a counter kept on
 the device). Graphs are off with ``BACKPROP_CUDA_GRAPHS=0``.
 
@@ -535,7 +535,7 @@ class CuPyBackend(Backend):
                       T(rule.learning_rate), T(rule.momentum), np.int32(rule.nesterov),
                       T(rule.beta1), T(rule.beta2), T(rule.eps), T(rule.bias_correction1),
                       T(rule.bias_correction2), T(rule.weight_decay), T(rule.l1), T(rule.l2),
-                      scale_value, scale_ptr, schedule, step))
+                      scale_value, scale_ptr, T(rule.clip_value), schedule, step))
 
     def grad_scale(self, grads: Sequence[Array], max_norm: float, out: Array) -> None:
         T = _scalar(out.dtype)
@@ -571,7 +571,8 @@ class CuPyBackend(Backend):
 
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
-                    l2: float, clip_norm: float | None, total: Array) -> bool:
+                    l2: float, clip_norm: float | None, total: Array,
+                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
         """The epoch's full batches as replays of one captured step (see the module
         docstring), then the partial batch eagerly. False (nothing done) where graphs do not
         apply: graphs off, a product on cuBLAS (a width above ``small_width``), fewer than
@@ -589,12 +590,13 @@ class CuPyBackend(Backend):
                 and not self.xp.cuda.runtime.is_hip):
             return False
         plan = self._graph_plan(network, ws, X, Y, order is None, optimizer, learning_rate,
-                                l1, l2, clip_norm, steps)
+                                l1, l2, clip_norm, clip_value, steps)
         if plan is None:
             return False
         schedule = np.empty((steps, 3), dtype=network.dtype)
         for k in range(steps):                     # the step counter advances as eagerly
-            rule, _ = optimizer.rules(learning_rate, l1, l2)
+            lr = learning_rate if rates is None else float(rates[k])
+            rule, _ = optimizer.rules(lr, l1, l2)
             schedule[k] = (rule.learning_rate, rule.bias_correction1, rule.bias_correction2)
         cp = self.xp
         with self._device:
@@ -618,12 +620,14 @@ class CuPyBackend(Backend):
                 self.take_rows(X, order[steps * batch_size:], ws_tail.X)
                 self.take_rows(Y, order[steps * batch_size:], ws_tail.Y)
                 Xb, Yb = ws_tail.X, ws_tail.Y
-            network.train_step(ws_tail, Xb, Yb, optimizer, learning_rate, l1, l2, clip_norm)
+            lr = learning_rate if rates is None else float(rates[steps])
+            network.train_step(ws_tail, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value)
         return True
 
     def _graph_plan(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
                     optimizer: Any, learning_rate: float, l1: float, l2: float,
-                    clip_norm: float | None, steps: int) -> "_GraphPlan | None":
+                    clip_norm: float | None, clip_value: float | None,
+                    steps: int) -> "_GraphPlan | None":
         """The captured step for this configuration (captured once, kept per network)."""
         grads = network.gradients()                # allocate before capturing
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
@@ -642,7 +646,7 @@ class CuPyBackend(Backend):
                   *(s for st in optimizer.state for s in st)]
         key = (tuple(a.data.ptr for a in arrays), tuple(tuple(a.shape) for a in arrays),
                ws.batch, stored_order, id(optimizer), repr(optimizer), optimizer.kind,
-               l1, l2, clip_norm, tuple(map(str, network.activations)),
+               l1, l2, clip_norm, clip_value, tuple(map(str, network.activations)),
                network.loss_function.name, steps, tuple(network.batch_norm),
                tuple(network.residual))
         plan = self._plans.get(network)
@@ -651,7 +655,8 @@ class CuPyBackend(Backend):
         self._compile(network.dtype)               # outside the capture: its errors are real
         try:
             plan = self._capture_step(network, ws, X, Y, stored_order, optimizer,
-                                      learning_rate, l1, l2, clip_norm, steps, key, arrays)
+                                      learning_rate, l1, l2, clip_norm, clip_value, steps, key,
+                                      arrays)
         except RuntimeError as e:                  # CUDA/CuPy refused the capture
             warnings.warn(f"CUDA graph capture failed; this configuration trains without "
                           f"graphs: {e}", RuntimeWarning, stacklevel=4)
@@ -668,8 +673,8 @@ class CuPyBackend(Backend):
 
     def _capture_step(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
                       optimizer: Any, learning_rate: float, l1: float, l2: float,
-                      clip_norm: float | None, steps: int, key: tuple,
-                      arrays: list) -> "_GraphPlan":
+                      clip_norm: float | None, clip_value: float | None, steps: int,
+                      key: tuple, arrays: list) -> "_GraphPlan":
         cp = self.xp
         dtype = network.dtype
         with self._device:
@@ -689,7 +694,8 @@ class CuPyBackend(Backend):
                                  (source, null if stored_order else plan.index, plan.step, out,
                                   np.int64(rows * cols), np.int64(rows), np.int64(cols)))
                 self._capture = (plan.schedule, plan.step)
-                network.train_step(ws, ws.X, ws.Y, optimizer, learning_rate, l1, l2, clip_norm)
+                network.train_step(ws, ws.X, ws.Y, optimizer, learning_rate, l1, l2, clip_norm,
+                                   clip_value)
                 self._launch("increment", np.int32, (1,), (1,), (plan.step,))
             finally:
                 self._capture = None

@@ -16,9 +16,10 @@ takes ~60 µs serially; a 1024³ training step ~30 ms).
 For small networks :meth:`NumbaBackend.train_epoch` runs a whole epoch in one compiled call
 (gather the shuffled batch, forward, loss, backward, update, for every batch), so Python is
 entered once per epoch; it calls the same kernels as the per-kernel path. It is used when
-no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout, clipping, batch
+no layer is wider than :data:`FUSED_MAX_WIDTH` and there is no dropout, clipping by norm, batch
 normalization or residual connection (those run step by step, each kernel compiled: see
-benchmarks/results/2vcpu-intel-xeon/batch-norm-residual.md for what that costs).
+benchmarks/results/2vcpu-intel-xeon/batch-norm-residual.md for what that costs); clipping by
+value and a per-step learning rate (a warm-up's) run inside it.
 
 All functions are compiled on first use with ``cache=True`` (a later process loads them
 from disk); importing this module compiles nothing. Where numba cannot write a cache (a
@@ -265,10 +266,10 @@ def _sum_squares(x, scale):
 
 @_jit
 def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps,
-            bias_correction1, bias_correction2, weight_decay, l1, l2, grad_scale):
+            bias_correction1, bias_correction2, weight_decay, l1, l2, grad_scale, clip_value):
     """One optimizer step over a parameter in one pass (see :mod:`backprop.optimizers`).
 
-    g = grad_scale·grad + l1·sign(p) + 2 l2·p; p ← (1 - η λ) p (AdamW); then SGD, momentum
+    g = clip(grad_scale·grad, -c, c) (c = ``clip_value`` when > 0) + l1·sign(p) + 2 l2·p; p ← (1 - η λ) p (AdamW); then SGD, momentum
     (``s1`` = v), RMSProp (``s1`` = s) or Adam (``s1``, ``s2`` = m, v). Arrays of any shape,
     C-contiguous; unused state arguments are ignored. The scalars are rounded to the
     parameter's dtype first, as NumPy does with Python floats.
@@ -284,9 +285,16 @@ def _update(param, grad, s1, s2, kind, lr, momentum, nesterov, beta1, beta2, eps
     decay = dt(1.0 - lr * weight_decay)
     adam_step = dt(lr / bias_correction1)
     adam_c2 = dt(1.0 / bias_correction2)
+    clip = clip_value > 0.0
+    c = dt(clip_value)
     for i in range(p.shape[0]):
         pi = p[i]
         g = scale * g0[i]
+        if clip:                                       # NaN stays NaN
+            if g > c:
+                g = c
+            elif g < -c:
+                g = -c
         if l1 != 0.0:
             g += l1_ if pi > zero else (-l1_ if pi < zero else zero)
         if l2 != 0.0:
@@ -403,8 +411,12 @@ def _add(x, y, out):
 @_jit
 def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
                  Xb, Yb, A, Z, delta, dW, db, S1W, S1b, S2W, S2b,
-                 kind, lr, momentum, nesterov, beta1, beta2, eps, t0, weight_decay, l1, l2):
+                 kind, rates, momentum, nesterov, beta1, beta2, eps, t0, weight_decay, l1, l2,
+                 clip_value):
     """Every mini-batch step of an epoch; returns the summed per-sample loss.
+
+    ``rates[k]`` (float64) is the learning rate of step k (a linear warm-up changes it per
+    step); ``clip_value`` > 0 clips each gradient component to [-clip_value, clip_value].
 
     X (N, n_0), Y (N, n_L); ``order`` the shuffled row index (empty: stored order). W, b,
     A, delta, dW, db, S1*, S2* are typed lists with one array per layer; A, Z, delta, Xb,
@@ -416,6 +428,7 @@ def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
     total = 0.0
     t = t0
     for start in range(0, n, batch_size):
+        lr = rates[start // batch_size]
         B = min(batch_size, n - start)
         if order.shape[0] > 0:
             for i in range(B):
@@ -446,9 +459,9 @@ def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
         bc2 = 1.0 - beta2 ** float(t)
         for l in range(L):
             _update(W[l], dW[l], S1W[l], S2W[l], kind, lr, momentum, nesterov, beta1, beta2,
-                    eps, bc1, bc2, weight_decay, l1, l2, 1.0)
+                    eps, bc1, bc2, weight_decay, l1, l2, 1.0, clip_value)
             _update(b[l], db[l], S1b[l], S2b[l], kind, lr, momentum, nesterov, beta1, beta2,
-                    eps, bc1, bc2, weight_decay, 0.0, 0.0, 1.0)
+                    eps, bc1, bc2, weight_decay, 0.0, 0.0, 1.0, clip_value)
     return total
 
 
@@ -511,11 +524,13 @@ class NumbaBackend(NumPyBackend):
         scale = float(scale[0]) if isinstance(scale, np.ndarray) else float(scale)
         _update(param, grad, s1, s2, rule.kind, rule.learning_rate, rule.momentum,
                 rule.nesterov, rule.beta1, rule.beta2, rule.eps, rule.bias_correction1,
-                rule.bias_correction2, rule.weight_decay, rule.l1, rule.l2, scale)
+                rule.bias_correction2, rule.weight_decay, rule.l1, rule.l2, scale,
+                float(rule.clip_value))
 
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
-                    l2: float, clip_norm: float | None, total: Array) -> bool:
+                    l2: float, clip_norm: float | None, total: Array,
+                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
         if (clip_norm is not None or any(network.dropout) or any(network.batch_norm)
                 or any(network.residual) or max(network.layer_sizes) > FUSED_MAX_WIDTH):
             return False
@@ -533,12 +548,15 @@ class NumbaBackend(NumPyBackend):
         rule, _ = optimizer.rules(learning_rate, l1, l2)    # advances optimizer.t by one
         t0 = optimizer.t - 1
         n_batches = -(-X.shape[0] // batch_size)
+        if rates is None:
+            rates = np.full(n_batches, rule.learning_rate, dtype=np.float64)
         loss = network.loss_function
         total[0] += _train_epoch(
             X, Y, _NO_ORDER if order is None else order, batch_size, W, b, codes, alphas,
             loss.code, loss.fused_with(network.activations[-1]), ws.X, ws.Y, A, ws.Z, delta,
-            dW, db, S1W, S1b, S2W, S2b, rule.kind, rule.learning_rate, rule.momentum,
-            rule.nesterov, rule.beta1, rule.beta2, rule.eps, t0, rule.weight_decay, l1, l2)
+            dW, db, S1W, S1b, S2W, S2b, rule.kind, np.asarray(rates, dtype=np.float64),
+            rule.momentum, rule.nesterov, rule.beta1, rule.beta2, rule.eps, t0,
+            rule.weight_decay, l1, l2, float(clip_value or 0.0))
         optimizer.t = t0 + n_batches
         return True
 

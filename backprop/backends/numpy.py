@@ -212,12 +212,17 @@ class NumPyBackend(Backend):
         return float(y.sum())
 
     def _effective_grad(self, param: Array, grad: Array, rule: UpdateRule) -> Array:
-        """g = grad_scale · grad + l1 · sign(p) + 2 l2 · p (the gradient itself when plain)."""
+        """g = clip(grad_scale · grad, -c, c) + l1 · sign(p) + 2 l2 · p, c = rule.clip_value
+        when > 0 (the gradient itself when plain)."""
         scale = rule.grad_scale
-        if isinstance(scale, (int, float)) and scale == 1.0 and rule.l1 == 0 and rule.l2 == 0:
+        if (isinstance(scale, (int, float)) and scale == 1.0 and rule.l1 == 0 and rule.l2 == 0
+                and not rule.clip_value):
             return grad
         g = self._scratch(param.shape, param.dtype, PARAM2)
         np.multiply(grad, scale[0] if isinstance(scale, np.ndarray) else scale, out=g)
+        if rule.clip_value:
+            c = param.dtype.type(rule.clip_value)
+            np.clip(g, -c, c, out=g)
         s = self._scratch(param.shape, param.dtype, PARAM)
         if rule.l1:
             np.sign(param, out=s)
