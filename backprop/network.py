@@ -121,7 +121,12 @@ class Network:
     read nothing another pass left in a workspace, and change no parameter, optimizer state,
     gradient buffer or training workspace (the inference passes only write their own scratch,
     the inference workspaces; :meth:`backward` works in buffers of its own, made per call).
+
+    ``metadata`` (None, or a JSON dict checked by :func:`backprop.state.check_metadata` when
+    saved: feature names, target name, class labels) travels with :meth:`save` and pickle.
     """
+
+    metadata: dict[str, Any] | None = None
 
     def __init__(self, layer_sizes: Sequence[int], activations: Any, loss: str = "mse", *,
                  device: str = "cpu", backend: str | None = None, dtype: Any = "float32",

@@ -11,6 +11,9 @@ optimizer    ``net.optimizer_``: name, hyperparameters, step count t, and its bu
 generators   the shuffle generator of the last ``fit`` and the dropout generator of the backend
 training     ``net.history_``: epochs done (the position of the learning-rate schedule), the
              metrics of every epoch, and how the fit ended (stopped early, diverged)
+metadata     ``net.metadata`` (optional): what maps the user's data to the network and back,
+             ``{"feature_names": [n_0 names], "target": name, "classes": [n_L labels]}``
+             (each key optional; see :func:`check_metadata`)
 ============ ===================================================================================
 
 The file (format ``backprop.training_state``, version 1) is a zip archive as ``numpy.savez``
@@ -117,6 +120,8 @@ def capture(net: "Network") -> TrainingState:
             arrays[f"history.{key}"] = np.array(history[key], dtype=np.float64)
     header = {"format": FORMAT, "version": VERSION, "architecture": architecture(net),
               "optimizer": optimizer, "generators": generators, "training": training}
+    if getattr(net, "metadata", None) is not None:
+        header["metadata"] = net.metadata
     return check(TrainingState(header, arrays), "state")
 
 
@@ -177,6 +182,8 @@ def restore(net: "Network", state: TrainingState,
         history.stopped_early = training["stopped_early"]
         history.diverged_epoch = training["diverged_epoch"]
         net.history_ = history
+    if "metadata" in state.header:
+        net.metadata = state.header["metadata"]
 
 
 def _zeros(rng: np.random.Generator, n_out: int, n_in: int) -> np.ndarray:
@@ -370,9 +377,15 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
                                      or header.get("version") != VERSION):   # not true, 1.0
         raise ValueError(f"{where}: unknown version {header.get('version')!r} of {FORMAT}; "
                          f"this backprop reads version {VERSION}")
-    _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training"},
+    _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training",
+                   *(("metadata",) if isinstance(header, dict) and "metadata" in header else ())},
           "the header", where)
     sizes, dtype = _check_architecture(header["architecture"], where)
+    if "metadata" in header:
+        try:
+            check_metadata(header["metadata"], sizes, header["architecture"]["loss"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     shapes = {}
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         shapes[f"W{l}"], shapes[f"b{l}"] = (n_out, n_in), (n_out,)
@@ -415,6 +428,46 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
             _int(training["diverged_epoch"], "training diverged_epoch", where, high=epochs + 1)
         expected.update({f"history.{k}": ((epochs,), np.dtype(np.float64)) for k in keys})
     return expected
+
+
+def check_metadata(metadata: Any, layer_sizes: list[int], loss: str) -> None:
+    """Refuse metadata that does not fit the network (ValueError naming the key).
+
+    ``metadata`` is a dict with the optional keys ``feature_names`` (n_0 distinct non-empty
+    strings: the input columns, in order), ``target`` (the target column: a string, an
+    integer index or null) and ``classes`` (for the classification losses: distinct labels,
+    strings, integers, finite numbers or booleans, one per output unit, or two for a single
+    sigmoid unit: the label of output k is ``classes[k]``).
+    """
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata: expected a JSON object, got {metadata!r}")
+    unknown = sorted(set(metadata) - {"feature_names", "target", "classes"})
+    if unknown:
+        raise ValueError(f"metadata: unknown keys {unknown}; expected feature_names, target, "
+                         "classes")
+    names = metadata.get("feature_names")
+    if names is not None and (not isinstance(names, list) or len(names) != layer_sizes[0]
+                              or not all(isinstance(n, str) and n for n in names)
+                              or len(set(names)) != len(names)):
+        raise ValueError(f"metadata: feature_names must be {layer_sizes[0]} distinct non-empty "
+                         f"strings (the network's inputs), got {names!r}")
+    target = metadata.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
+        raise ValueError(f"metadata: target must be a column name or index, got {target!r}")
+    classes = metadata.get("classes")
+    if classes is None:
+        return
+    n_out = layer_sizes[-1]
+    expected = 2 if n_out == 1 and loss == "binary_cross_entropy" else n_out
+    if loss not in ("cross_entropy", "binary_cross_entropy"):
+        raise ValueError(f"metadata: classes are only for the classification losses, not {loss!r}")
+    scalar = (str, int, float, bool)
+    if (not isinstance(classes, list) or len(classes) != expected
+            or not all(isinstance(c, scalar) and not (isinstance(c, float) and not math.isfinite(c))
+                       for c in classes)
+            or len({(type(c), c) for c in classes}) != len(classes)):
+        raise ValueError(f"metadata: classes must be {expected} distinct labels (strings, "
+                         f"numbers or booleans), one per output, got {classes!r}")
 
 
 def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype]:
