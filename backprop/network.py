@@ -276,6 +276,14 @@ class Network:
             state = _state.capture(self)
         _state.write(path, state)
 
+    def to_onnx(self, path: str | Path) -> None:
+        """Write the inference pass as a standard ONNX graph to exactly ``path``, atomically:
+        input ``X`` (batch, n_0), output ``Y`` (batch, n_L) in the network's dtype (see
+        :mod:`backprop.export`; needs the ``onnx`` package). ValueError for a network
+        with NaN or Inf parameters."""
+        from .export import to_onnx
+        to_onnx(self, path)
+
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu",
              backend: str | None = None) -> "Network":

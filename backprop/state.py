@@ -234,9 +234,23 @@ class Snapshot:
 # ---------------------------------------------------------------------- the file
 
 def write(path: str | os.PathLike[str], state: TrainingState) -> None:
-    """Write ``state`` to exactly ``path``, atomically: into a new file in the same folder,
-    flushed to disk (fsync), then renamed over ``path`` (and the folder synced), so a failure
-    at any point leaves the previous file intact."""
+    """Write ``state`` to exactly ``path``, atomically (:func:`atomic_write`)."""
+
+    def fill(f: Any) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
+            for name, array in state.arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=array.nbytes > 2 ** 30) as m:
+                    np.lib.format.write_array(m, np.ascontiguousarray(array),
+                                              allow_pickle=False)
+
+    atomic_write(path, fill)
+
+
+def atomic_write(path: str | os.PathLike[str], fill: Any) -> None:
+    """Write a file to exactly ``path``, atomically: ``fill(f)`` writes into a new binary file
+    in the same folder, which is flushed to disk (fsync), then renamed over ``path`` (and the
+    folder synced), so a failure at any point leaves the previous file intact."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     # a short name of its own (a target name near the 255-byte limit still works); the mode of
@@ -249,12 +263,7 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> None:
         except FileNotFoundError:
             pass
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
-                for name, array in state.arrays.items():
-                    with zf.open(f"{name}.npy", "w", force_zip64=array.nbytes > 2 ** 30) as m:
-                        np.lib.format.write_array(m, np.ascontiguousarray(array),
-                                                  allow_pickle=False)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
