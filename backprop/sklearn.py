@@ -203,7 +203,7 @@ class _BaseBackprop(BaseEstimator):
         if first:
             self.network_ = self._new_network(X.shape[1], hidden, seed)
             self.loss_curve_: list[float] = []
-            self.validation_scores_ = None
+            self.validation_loss_curve_ = None
             self.best_loss_ = np.inf
             self.n_iter_ = 0
             self.t_ = 0
@@ -247,7 +247,7 @@ class _BaseBackprop(BaseEstimator):
         self.loss_ = self.loss_curve_[-1]
         self.best_loss_ = min(self.best_loss_, min(history["loss"]))
         if validation is not None:
-            self.validation_scores_ = list(history["val_loss"])
+            self.validation_loss_curve_ = list(history["val_loss"])
         if (not incremental and self.tol is not None and not history.stopped_early
                 and history.epochs == self.max_iter):
             warnings.warn(f"{type(self).__name__}: max_iter={self.max_iter} epochs reached and "
@@ -315,7 +315,8 @@ class BackpropClassifier(ClassifierMixin, _BaseBackprop):
     network_ : Network, the fitted network
     n_features_in_, feature_names_in_, loss_curve_ (training loss per epoch, penalty
     included), n_iter_ (epochs trained), t_ (optimizer steps), loss_, best_loss_,
-    validation_scores_ (validation loss per epoch with early_stopping, else None), n_outputs_.
+    validation_loss_curve_ (validation loss per epoch, penalty included, with early_stopping;
+    else None; scikit-learn's MLP records validation scores instead), n_outputs_.
     """
 
     def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *,

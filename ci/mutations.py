@@ -291,6 +291,28 @@ MUTATIONS = [
              "use.new = (me, depth + 1, fitting or use.fit,",
              "use.new = (me, depth + 1, use.fit,",
              "tests/test_state_ownership.py -k 'numpy and keeps_other_threads'"),
+    # ---- the scikit-learn estimators, the command line, ONNX export
+    Mutation("estimator alpha not halved for l2", "backprop/sklearn.py",
+             "l2=self.alpha / (2 * batch)", "l2=self.alpha / batch",
+             "tests/test_sklearn.py -k alpha_matches"),
+    Mutation("binary predict_proba columns swapped", "backprop/sklearn.py",
+             "return np.column_stack([1 - p[:, 0], p[:, 0]])",
+             "return np.column_stack([p[:, 0], 1 - p[:, 0]])",
+             "tests/test_sklearn.py -k binary_is_one"),
+    Mutation("stopping patience one epoch short", "backprop/sklearn.py",
+             "patience=self.n_iter_no_change, min_delta=self.tol,",
+             "patience=self.n_iter_no_change - 1, min_delta=self.tol,",
+             "tests/test_sklearn.py -k stopping_rules"),
+    Mutation("cli probabilities of a sigmoid unit swapped", "backprop/cli.py",
+             "return np.column_stack([1 - p[:, 0], p[:, 0]]) if",
+             "return np.column_stack([p[:, 0], 1 - p[:, 0]]) if",
+             "tests/test_cli.py -k binary_loss"),
+    Mutation("onnx Gemm without transB", "backprop/export.py",
+             "constant(f\"b{l}\", b)], [z], transB=1,", "constant(f\"b{l}\", b)], [z], transB=0,",
+             "tests/test_onnx.py -k every_output"),
+    Mutation("onnx leaky_relu without its alpha", "backprop/export.py",
+             "if act.code in (Code.LEAKY_RELU, Code.ELU):", "if act.code == Code.ELU:",
+             "tests/test_onnx.py -k every_hidden"),
 ]
 
 

@@ -194,7 +194,7 @@ def test_stopping_rules(iris):
     assert clf.n_iter_ == 4 and len(clf.loss_curve_) == 4
     clf = small(max_iter=50, tol=1e9, n_iter_no_change=3, early_stopping=True,
                 validation_fraction=0.2).fit(X, y)
-    assert clf.n_iter_ == 4 and len(clf.validation_scores_) == 4
+    assert clf.n_iter_ == 4 and len(clf.validation_loss_curve_) == 4
     with pytest.warns(ConvergenceWarning, match="max_iter=3"):
         small(max_iter=3, tol=0.0).fit(X, y)
 
@@ -210,7 +210,7 @@ def test_early_stopping_restores_best_epoch(iris):
     net = clf.network_
     penalty = clf.alpha / (2 * min(200, len(X) - len(X_val))) * sum(
         float((W ** 2).sum()) for W, _ in net.get_parameters())
-    assert net.loss(X_val, y_val) + penalty == pytest.approx(min(clf.validation_scores_),
+    assert net.loss(X_val, y_val) + penalty == pytest.approx(min(clf.validation_loss_curve_),
                                                              rel=1e-5)
 
 
