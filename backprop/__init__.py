@@ -28,5 +28,4 @@ __all__ = [
     "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
     "History", "Callback", "EarlyStopping",
     "StepDecay", "ExponentialDecay", "InverseTimeDecay", "CosineDecay",
-    "BackpropClassifier", "BackpropRegressor",
-]
+]   # not the lazy names: `from backprop import *` must work without scikit-learn

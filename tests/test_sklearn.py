@@ -344,3 +344,23 @@ def test_import_backprop_does_not_import_sklearn():
     code = ("import sys, backprop; assert 'sklearn' not in sys.modules; "
             "backprop.BackpropClassifier; assert 'sklearn' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_estimators_on_every_backend(backend):
+    """The same estimator on each backend (cupy: on a GPU or the emulator) fits the network
+    the NumPy backend fits, to float64 rounding, and answers the same."""
+    from support import DEVICE
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.array(["a", "b", "c"])[np.argmax(X[:, :3], axis=1)]
+    options = dict(hidden_layer_sizes=(6,), max_iter=4, batch_size=16, tol=None,
+                   dtype="float64", random_state=0, learning_rate_init=0.05)
+    ours = BackpropClassifier(device=DEVICE[backend], backend=backend, **options).fit(X, y)
+    reference = BackpropClassifier(backend="numpy", **options).fit(X, y)
+    np.testing.assert_allclose(ours.predict_proba(X), reference.predict_proba(X), rtol=1e-9)
+    np.testing.assert_allclose(ours.decision_function(X), reference.decision_function(X),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(ours.predict(X), reference.predict(X))
+    reg = BackpropRegressor(device=DEVICE[backend], backend=backend, **options).fit(X, X[:, :2])
+    ref = BackpropRegressor(backend="numpy", **options).fit(X, X[:, :2])
+    np.testing.assert_allclose(reg.predict(X), ref.predict(X), rtol=1e-9, atol=1e-12)
