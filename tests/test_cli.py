@@ -250,3 +250,32 @@ def test_metadata_rules():
     check_metadata({"classes": [False, True]}, [2, 1], "binary_cross_entropy")
     with pytest.raises(ValueError, match="only for the classification losses"):
         check_metadata({"classes": [0]}, [2, 1], "mse")
+
+
+def test_fit_progress_counts_batches(backend, capsys):
+    """fit(verbose="progress") counts batches, also where an epoch is one compiled call."""
+    pytest.importorskip("tqdm")
+    from support import make_network
+    net = make_network(backend, [3, 4, 2], ["tanh", "softmax"], "cross_entropy", seed=0)
+    X = np.random.default_rng(0).normal(size=(25, 3))
+    net.fit(X, (X[:, 0] > 0).astype(int), epochs=3, batch_size=10, learning_rate=0.1,
+            verbose="progress")
+    err = capsys.readouterr().err
+    assert "9/9" in err and "batch" in err            # 3 epochs x 3 batches (10, 10, 5)
+
+
+def test_csv_without_pandas(tmp_path, monkeypatch):
+    """Without pandas, CSV is read with the csv module: numbers, integers and text columns."""
+    from backprop import datafile
+    path = tmp_path / "d.csv"
+    path.write_text("x,y,label\n1.5,2,cat\n-3,4,dog\n")
+    monkeypatch.setitem(sys.modules, "pandas", None)        # import pandas -> ImportError
+    table = datafile.read(str(path))
+    assert table.columns["x"].tolist() == [1.5, -3.0]
+    assert table.columns["y"].dtype.kind == "i" and table.columns["label"].tolist() == ["cat", "dog"]
+    X, y, names, key = datafile.split(table, str(path), "label")
+    np.testing.assert_array_equal(X, [[1.5, 2], [-3, 4]])
+    assert names == ["x", "y"] and key == "label" and y.tolist() == ["cat", "dog"]
+    path.write_text("x,y\n1,2\n3\n")
+    with pytest.raises(datafile.DataError, match="line 3 has 1 fields"):
+        datafile.read(str(path))
