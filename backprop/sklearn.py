@@ -200,15 +200,13 @@ class _BaseBackprop(BaseEstimator):
             raise ValueError("X: expected at least one sample")
         Y = self._encode_targets(y, incremental=not first, classes=classes)
         weights = self._weights(y, sample_weight, X)
-        if first:
-            self.network_ = self._new_network(X.shape[1], hidden, seed)
-            self.loss_curve_: list[float] = []
-            self.validation_loss_curve_ = None
-            self.best_loss_ = np.inf
-            self.n_iter_ = 0
-            self.t_ = 0
-            self._seed = seed
-        net = self.network_
+        if first:       # the fitted attributes are set once the network has trained
+            net = self._new_network(X.shape[1], hidden, seed)
+            curve: list[float] = []
+            n_iter, best = 0, np.inf
+        else:
+            net, curve, n_iter, best = self.network_, self.loss_curve_, self.n_iter_, self.best_loss_
+            seed = self._seed
         optimizer: Any = net.optimizer_ if not first and net.optimizer_ is not None else (
             copy.deepcopy(self.optimizer) if isinstance(self.optimizer, _optimizers.Optimizer)
             else self.optimizer)
@@ -231,21 +229,22 @@ class _BaseBackprop(BaseEstimator):
         if weights is not None:        # Network.fit(sample_weight=): helper "weights"
             options["sample_weight"] = weights
         batch = self._batch(X.shape[0])
-        fit_seed = int(np.random.SeedSequence([self._seed, self.n_iter_]).generate_state(1)[0])
+        # a fit's shuffle and dropout seed: from random_state and the epochs done before it
+        fit_seed = int(np.random.SeedSequence([seed, n_iter]).generate_state(1)[0])
         history = net.fit(X, Y, epochs=epochs, batch_size=batch,
                           learning_rate=self.learning_rate_init, optimizer=optimizer,
                           shuffle=self.shuffle, seed=fit_seed, validation_data=validation,
                           l2=self.alpha / (2 * batch), clip_norm=self.clip_norm,
                           lr_schedule=self.lr_schedule, callbacks=callbacks,
-                          verbose=bool(self.verbose), **options)
-        if history.diverged_epoch is not None:
-            raise FloatingPointError(f"training diverged at epoch {history.diverged_epoch}; "
-                                     "lower learning_rate_init or set clip_norm")
-        self.loss_curve_ = self.loss_curve_ + list(history["loss"])
-        self.n_iter_ += history.epochs
+                          verbose=bool(self.verbose), on_nonfinite="raise", **options)
+        self.network_, self._seed = net, seed
+        self.loss_curve_ = curve + list(history["loss"])
+        self.n_iter_ = n_iter + history.epochs
         self.t_ = net.optimizer_.t if net.optimizer_ is not None else 0
         self.loss_ = self.loss_curve_[-1]
-        self.best_loss_ = min(self.best_loss_, min(history["loss"]))
+        self.best_loss_ = min([best, *history["loss"]])
+        if first:
+            self.validation_loss_curve_ = None
         if validation is not None:
             self.validation_loss_curve_ = list(history["val_loss"])
         if (not incremental and self.tol is not None and not history.stopped_early

@@ -364,3 +364,14 @@ def test_estimators_on_every_backend(backend):
     reg = BackpropRegressor(device=DEVICE[backend], backend=backend, **options).fit(X, X[:, :2])
     ref = BackpropRegressor(backend="numpy", **options).fit(X, X[:, :2])
     np.testing.assert_allclose(reg.predict(X), ref.predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_divergence_raises_and_leaves_the_estimator_unfitted(iris):
+    X, y = iris
+    clf = small(BackpropRegressor, optimizer="sgd", learning_rate_init=1e3, max_iter=20)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        clf.fit(X * 1e3, y * 1e3)
+    assert not hasattr(clf, "network_")
+    from sklearn.exceptions import NotFittedError
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
