@@ -124,13 +124,17 @@ def infer_loss(y: np.ndarray, loss: str | None, column: Any) -> str:
 
 def _labels(y: np.ndarray, column: Any) -> list[Any]:
     values = [_python(v) for v in y.tolist()] if y.dtype == object else y.tolist()
-    if any(v is None or (isinstance(v, float) and not np.isfinite(v)) for v in values):
+    if any(v is None or type(v).__name__ == "NAType"
+           or (isinstance(v, float) and not np.isfinite(v)) for v in values):
         raise CommandError(f"the target {column!r} has missing values")
     return values
 
 
 def train(args: argparse.Namespace) -> None:
     from . import Network, datafile
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise CommandError(f"--out: the folder {folder} does not exist")
     X, y, names, key = datafile.split(datafile.read(args.data), args.data, args.target)
     loss = infer_loss(y, args.loss, args.target)
     output, task = TASKS[loss]

@@ -27,6 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 
 FORMATS = (".csv", ".parquet", ".npy", ".npz")
+#: pandas' nullable numeric dtypes, read as float64 with NA as NaN
+NULLABLE = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
+            "Float64"}
 
 
 class DataError(ValueError):
@@ -212,6 +215,9 @@ def _from_frame(frame: Any, path: str) -> Table:
         series = frame[column]
         if str(series.dtype) == "category":
             series = series.astype(object)
+        if str(series.dtype) in NULLABLE:   # NA becomes NaN (refused for features and targets)
+            columns[name] = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            continue
         columns[name] = series.to_numpy()
     return Table(path, columns)
 

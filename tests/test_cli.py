@@ -279,3 +279,25 @@ def test_csv_without_pandas(tmp_path, monkeypatch):
     path.write_text("x,y\n1,2\n3\n")
     with pytest.raises(datafile.DataError, match="line 3 has 1 fields"):
         datafile.read(str(path))
+
+
+def test_missing_values_and_output_folder(tmp_path, capsys):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"a": pd.array([1, None, 3, 4], dtype="Int64"), "b": [1.0, 2, 3, 4],
+                          "label": ["x", "y", None, "x"]})
+    frame.to_parquet(tmp_path / "na.parquet")
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(tmp_path / "na.parquet"), "--target", "b", "--out",
+                  str(tmp_path / "m.bp"), "--backend", "numpy"])
+    assert "column 'a' has missing or non-finite values" in capsys.readouterr().err
+    frame["a"] = frame["a"].fillna(2)
+    frame.to_parquet(tmp_path / "na.parquet")
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(tmp_path / "na.parquet"), "--target", "label", "--out",
+                  str(tmp_path / "m.bp"), "--backend", "numpy"])
+    assert "the target 'label' has missing values" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", str(tmp_path / "na.parquet"), "--target", "b", "--out",
+                  str(tmp_path / "nowhere" / "m.bp"), "--backend", "numpy"])
+    assert "--out: the folder" in capsys.readouterr().err
