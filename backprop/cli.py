@@ -220,7 +220,8 @@ def predict(args: argparse.Namespace) -> None:
         if args.proba:
             raise CommandError(f"--proba: {args.model} is a regression model (no classes)")
         outputs = net.predict(X)
-        header = [name] if outputs.shape[1] == 1 else [f"{name}_{k}" for k in range(outputs.shape[1])]
+        n_out = outputs.shape[1]
+        header = [name] if n_out == 1 else [f"{name}_{k}" for k in range(n_out)]
         rows = outputs.tolist()
     elif args.proba:
         header, rows = [str(c) for c in classes], _probabilities(net, X).tolist()
@@ -295,7 +296,8 @@ def info(args: argparse.Namespace) -> None:
         try:
             import cupy
             runtime = cupy.cuda.runtime
-            print(f"cuda runtime {runtime.runtimeGetVersion()}, driver {runtime.driverGetVersion()}")
+            print(f"cuda runtime {runtime.runtimeGetVersion()}, "
+                  f"driver {runtime.driverGetVersion()}")
             for i in range(runtime.getDeviceCount()):
                 props = runtime.getDeviceProperties(i)
                 name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]

@@ -7,10 +7,10 @@ network's (n_l, n_{l-1})), then, for a batch-normalized hidden layer,
 activation: ``Identity``, ``Sigmoid``, ``Tanh``, ``Relu``, ``LeakyRelu(alpha)``,
 ``Elu(alpha)`` or ``Softmax(axis=-1)``; a residual hidden layer adds its input with ``Add``.
 Dropout is a training-time operation and has no node. ONNX attributes are float32, so in a
-float64 graph LeakyRelu's and Elu's α are rounded to float32 (relative error <= 6e-8). The graph has one input ``X``
-(batch, n_0) and one output ``Y`` (batch, n_L), the network's dtype (float32 or float64), a
-dynamic batch dimension, opset :data:`OPSET`, and the network's metadata (feature names,
-classes) as the JSON metadata property ``backprop.metadata``.
+float64 graph LeakyRelu's and Elu's α are rounded to float32 (relative error <= 6e-8). The
+graph has one input ``X`` (batch, n_0) and one output ``Y`` (batch, n_L), the network's dtype
+(float32 or float64), a dynamic batch dimension, opset :data:`OPSET`, and the network's
+metadata (feature names, classes) as the JSON metadata property ``backprop.metadata``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def to_onnx_model(net: "Network") -> Any:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
-        raise ImportError("ONNX export needs the onnx package: pip install 'backprop[onnx]'") from None
+        raise ImportError("ONNX export needs the onnx package: "
+                          "pip install 'backprop[onnx]'") from None
     elem = TensorProto.FLOAT if net.dtype == np.float32 else TensorProto.DOUBLE
     params = net.get_parameters()
     for l, (W, b) in enumerate(params, start=1):

@@ -1,4 +1,4 @@
-"""scikit-learn estimators over :class:`backprop.Network`: ``BackpropClassifier``, ``BackpropRegressor``.
+"""scikit-learn estimators over :class:`backprop.Network`: BackpropClassifier, BackpropRegressor.
 
 Parameters follow scikit-learn's ``MLPClassifier`` / ``MLPRegressor`` where it has a name for
 them (``hidden_layer_sizes``, ``activation``, ``alpha``, ``batch_size``, ``learning_rate_init``,
@@ -29,9 +29,10 @@ scikit-learn's MLP minimises, per mini-batch of B samples, mean loss + (α / 2B)
 (``_multilayer_perceptron.py``: ``loss += 0.5 * alpha * ΣW² / n_samples``), whose gradient
 adds α W / B. ``Network.fit`` minimises mean loss + l2 Σ W², gradient 2 l2 W, so the
 estimators pass ``l2 = alpha / (2 * batch_size)``: the same update per full batch (the last,
-partial batch of an epoch is regularized as a full one). Note that ``mse`` sums over the output
-units where scikit-learn's squared loss averages over them: with several outputs the data
-term is n_outputs times scikit-learn's.
+partial batch of an epoch is regularized as a full one; with sample weights scikit-learn
+divides by the batch's weight sum, these estimators still by its sample count). Note that
+``mse`` sums over the output units where scikit-learn's squared loss averages over them: with
+several outputs the data term is n_outputs times scikit-learn's.
 
 Stopping
 --------
@@ -146,10 +147,11 @@ class _BaseBackprop(BaseEstimator):
             value = getattr(self, name)
             if (isinstance(value, bool) or not isinstance(value, numbers.Real)
                     or not np.isfinite(value) or value < 0 or (name != "alpha" and value == 0)):
-                raise ValueError(f"{name}: expected a finite number {'>= 0' if name == 'alpha' else '> 0'}, "
-                                 f"got {value!r}")
-        if self.tol is not None and (isinstance(self.tol, bool) or not isinstance(self.tol, numbers.Real)
-                                     or not self.tol >= 0):
+                bound = ">= 0" if name == "alpha" else "> 0"
+                raise ValueError(f"{name}: expected a finite number {bound}, got {value!r}")
+        tol = self.tol
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real)
+                                or not tol >= 0):
             raise ValueError(f"tol: expected None or a number >= 0, got {self.tol!r}")
         if self.early_stopping and not (isinstance(self.validation_fraction, numbers.Real)
                                         and 0 < self.validation_fraction < 1):
@@ -162,7 +164,8 @@ class _BaseBackprop(BaseEstimator):
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return [int(n) for n in sizes], seed
 
-    def _validate(self, X: Any, y: Any, reset: bool, numeric: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _validate(self, X: Any, y: Any, reset: bool,
+                  numeric: bool) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc", "coo"], multi_output=True,
                              y_numeric=numeric, dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
@@ -205,7 +208,8 @@ class _BaseBackprop(BaseEstimator):
             curve: list[float] = []
             n_iter, best = 0, np.inf
         else:
-            net, curve, n_iter, best = self.network_, self.loss_curve_, self.n_iter_, self.best_loss_
+            net, curve = self.network_, self.loss_curve_
+            n_iter, best = self.n_iter_, self.best_loss_
             seed = self._seed
         optimizer: Any = net.optimizer_ if not first and net.optimizer_ is not None else (
             copy.deepcopy(self.optimizer) if isinstance(self.optimizer, _optimizers.Optimizer)

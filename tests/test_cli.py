@@ -5,6 +5,7 @@ own labels; bad files and arguments end with one line on stderr and a non-zero s
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 import pickle
@@ -137,7 +138,7 @@ def test_binary_loss_and_parquet(iris_files, tmp_path, capsys):
                                rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.skipif("validation_split" not in __import__("inspect").signature(Network.fit).parameters,
+@pytest.mark.skipif("validation_split" not in inspect.signature(Network.fit).parameters,
                     reason="needs Network.fit(validation_split=)")
 def test_validation_split(iris_files, tmp_path, capsys):
     folder, _, _ = iris_files
@@ -272,7 +273,8 @@ def test_csv_without_pandas(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)        # import pandas -> ImportError
     table = datafile.read(str(path))
     assert table.columns["x"].tolist() == [1.5, -3.0]
-    assert table.columns["y"].dtype.kind == "i" and table.columns["label"].tolist() == ["cat", "dog"]
+    assert table.columns["y"].dtype.kind == "i"
+    assert table.columns["label"].tolist() == ["cat", "dog"]
     X, y, names, key = datafile.split(table, str(path), "label")
     np.testing.assert_array_equal(X, [[1.5, 2], [-3, 4]])
     assert names == ["x", "y"] and key == "label" and y.tolist() == ["cat", "dog"]
