@@ -12,6 +12,17 @@ from .training import (Callback, CosineDecay, EarlyStopping, ExponentialDecay, H
 
 load = Network.load
 
+#: names imported on first use, so that their optional dependencies stay optional
+_LAZY = {"BackpropClassifier": "sklearn", "BackpropRegressor": "sklearn"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 __all__ = [
     "Network", "load", "to_numpy", "get_backend", "available_backends",
@@ -21,4 +32,4 @@ __all__ = [
     "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
     "History", "Callback", "EarlyStopping",
     "StepDecay", "ExponentialDecay", "InverseTimeDecay", "CosineDecay", "ReduceLROnPlateau",
-]
+]   # not the lazy names: `from backprop import *` must work without scikit-learn

@@ -160,7 +160,12 @@ class Network:
     read nothing another pass left in a workspace, and change no parameter, optimizer state,
     gradient buffer or training workspace (the inference passes only write their own scratch,
     the inference workspaces; :meth:`backward` works in buffers of its own, made per call).
+
+    ``metadata`` (None, or a JSON dict checked by :func:`backprop.state.check_metadata` when
+    saved: feature names, target name, class labels) travels with :meth:`save` and pickle.
     """
+
+    metadata: dict[str, Any] | None = None
 
     def __init__(self, layer_sizes: Sequence[int], activations: Any, loss: str = "mse", *,
                  device: str = "cpu", backend: str | None = None, dtype: Any = "float32",
@@ -366,6 +371,14 @@ class Network:
         with self._guard.call("save"):
             state = _state.capture(self)
         _state.write(path, state)
+
+    def to_onnx(self, path: str | Path) -> None:
+        """Write the inference pass as a standard ONNX graph to exactly ``path``, atomically:
+        input ``X`` (batch, n_0), output ``Y`` (batch, n_L) in the network's dtype (see
+        :mod:`backprop.export`; needs the ``onnx`` package). ValueError for a network
+        with NaN or Inf parameters."""
+        from .export import to_onnx
+        to_onnx(self, path)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu",

@@ -14,6 +14,9 @@ optimizer    ``net.optimizer_``: name, hyperparameters, step count t, and its bu
 generators   the shuffle generator of the last ``fit`` and the dropout generator of the backend
 training     ``net.history_``: epochs done (the position of the learning-rate schedule), the
              metrics of every epoch, and how the fit ended (stopped early, diverged)
+metadata     ``net.metadata`` (optional): what maps the user's data to the network and back,
+             ``{"feature_names": [n_0 names], "target": name, "classes": [n_L labels]}``
+             (each key optional; see :func:`check_metadata`)
 ============ ===================================================================================
 
 The file (format ``backprop.training_state``, version 2) is a zip archive as ``numpy.savez``
@@ -138,6 +141,8 @@ def capture(net: "Network") -> TrainingState:
             arrays[f"history.{key}"] = np.array(history[key], dtype=np.float64)
     header = {"format": FORMAT, "version": VERSION, "architecture": architecture(net),
               "optimizer": optimizer, "generators": generators, "training": training}
+    if getattr(net, "metadata", None) is not None:
+        header["metadata"] = net.metadata
     return check(TrainingState(header, arrays), "state")
 
 
@@ -201,6 +206,8 @@ def restore(net: "Network", state: TrainingState,
         history.stopped_early = training["stopped_early"]
         history.diverged_epoch = training["diverged_epoch"]
         net.history_ = history
+    if "metadata" in state.header:
+        net.metadata = state.header["metadata"]
 
 
 def _zeros(rng: np.random.Generator, n_out: int, n_in: int) -> np.ndarray:
@@ -257,9 +264,23 @@ def _changing(net: "Network") -> list[Any]:
 # ---------------------------------------------------------------------- the file
 
 def write(path: str | os.PathLike[str], state: TrainingState) -> None:
-    """Write ``state`` to exactly ``path``, atomically: into a new file in the same folder,
-    flushed to disk (fsync), then renamed over ``path`` (and the folder synced), so a failure
-    at any point leaves the previous file intact."""
+    """Write ``state`` to exactly ``path``, atomically (:func:`atomic_write`)."""
+
+    def fill(f: Any) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
+            for name, array in state.arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=array.nbytes > 2 ** 30) as m:
+                    np.lib.format.write_array(m, np.ascontiguousarray(array),
+                                              allow_pickle=False)
+
+    atomic_write(path, fill)
+
+
+def atomic_write(path: str | os.PathLike[str], fill: Any) -> None:
+    """Write a file to exactly ``path``, atomically: ``fill(f)`` writes into a new binary file
+    in the same folder, which is flushed to disk (fsync), then renamed over ``path`` (and the
+    folder synced), so a failure at any point leaves the previous file intact."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     # a short name of its own (a target name near the 255-byte limit still works); the mode of
@@ -272,12 +293,7 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> None:
         except FileNotFoundError:
             pass
         with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                zf.writestr(HEADER, json.dumps(state.header, allow_nan=False, indent=1))
-                for name, array in state.arrays.items():
-                    with zf.open(f"{name}.npy", "w", force_zip64=array.nbytes > 2 ** 30) as m:
-                        np.lib.format.write_array(m, np.ascontiguousarray(array),
-                                                  allow_pickle=False)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -402,10 +418,16 @@ def _check_header(header: Any, where: str) -> dict[str, tuple[tuple[int, ...], n
                                      or header.get("version") not in READABLE):  # not true, 1.0
         raise ValueError(f"{where}: unknown version {header.get('version')!r} of {FORMAT}; "
                          f"this backprop reads versions {list(READABLE)}")
-    _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training"},
+    _keys(header, {"format", "version", "architecture", "optimizer", "generators", "training",
+                   *(("metadata",) if isinstance(header, dict) and "metadata" in header else ())},
           "the header", where)
     _upgrade(header, where)
     sizes, dtype, bn = _check_architecture(header["architecture"], where)
+    if "metadata" in header:
+        try:
+            check_metadata(header["metadata"], sizes, header["architecture"]["loss"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
     shapes = {}
     for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
         shapes[f"W{l}"], shapes[f"b{l}"] = (n_out, n_in), (n_out,)
@@ -471,6 +493,46 @@ def _upgrade(header: dict[str, Any], where: str) -> None:
         arch["batch_norm"] = [False] * n_hidden
         arch["residual"] = [False] * n_hidden
         header["version"] = VERSION
+
+
+def check_metadata(metadata: Any, layer_sizes: list[int], loss: str) -> None:
+    """Refuse metadata that does not fit the network (ValueError naming the key).
+
+    ``metadata`` is a dict with the optional keys ``feature_names`` (n_0 distinct non-empty
+    strings: the input columns, in order), ``target`` (the target column: a string, an
+    integer index or null) and ``classes`` (for the classification losses: distinct labels,
+    strings, integers, finite numbers or booleans, one per output unit, or two for a single
+    sigmoid unit: the label of output k is ``classes[k]``).
+    """
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata: expected a JSON object, got {metadata!r}")
+    unknown = sorted(set(metadata) - {"feature_names", "target", "classes"})
+    if unknown:
+        raise ValueError(f"metadata: unknown keys {unknown}; expected feature_names, target, "
+                         "classes")
+    names = metadata.get("feature_names")
+    if names is not None and (not isinstance(names, list) or len(names) != layer_sizes[0]
+                              or not all(isinstance(n, str) and n for n in names)
+                              or len(set(names)) != len(names)):
+        raise ValueError(f"metadata: feature_names must be {layer_sizes[0]} distinct non-empty "
+                         f"strings (the network's inputs), got {names!r}")
+    target = metadata.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (str, int))):
+        raise ValueError(f"metadata: target must be a column name or index, got {target!r}")
+    classes = metadata.get("classes")
+    if classes is None:
+        return
+    n_out = layer_sizes[-1]
+    expected = 2 if n_out == 1 and loss == "binary_cross_entropy" else n_out
+    if loss not in ("cross_entropy", "binary_cross_entropy"):
+        raise ValueError(f"metadata: classes are only for the classification losses, not {loss!r}")
+    scalar = (str, int, float, bool)
+    if (not isinstance(classes, list) or len(classes) != expected
+            or not all(isinstance(c, scalar) and not (isinstance(c, float) and not math.isfinite(c))
+                       for c in classes)
+            or len({(type(c), c) for c in classes}) != len(classes)):
+        raise ValueError(f"metadata: classes must be {expected} distinct labels (strings, "
+                         f"numbers or booleans), one per output, got {classes!r}")
 
 
 def _check_architecture(arch: Any, where: str) -> tuple[list[int], np.dtype, list[bool]]:

@@ -476,7 +476,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     callbacks : sequence
         :class:`Callback` instances, or callables ``f(epoch, logs)``; a True result stops.
     verbose : bool or "progress"
-        Print one line per epoch, or show a tqdm progress bar.
+        Print one line per epoch, or show a tqdm progress bar over the batches (advanced after
+        every step; after every epoch when a backend runs an epoch as one compiled call).
     checkpoint : path, optional
         Write the training state (:mod:`backprop.state`) to this file, atomically, at the end
         of every epoch. When the file already holds a state of this architecture, training
@@ -541,12 +542,17 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                          f"which this fit does not log (it logs {keys}); pass "
                          "validation_data for val_*")
     resume = _resume_point(path, net, opt, keys) if path and os.path.exists(path) else None
-    bar = _progress_bar(epochs) if verbose == "progress" else None
 
     be = net.backend
     n = X.shape[0]
     batch_size = min(batch_size, n)
-    steps = -(-n // batch_size)                      # optimizer steps per epoch
+    steps = -(-n // batch_size)                      # optimizer steps (batches) per epoch
+    bar = _progress_bar(epochs * steps) if verbose == "progress" else None
+
+    def between_steps() -> None:
+        interrupt.check()
+        if bar is not None:
+            bar.update(1)
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
@@ -560,7 +566,7 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                           f"(epochs={epochs} counts the total). Delete the file, or pass "
                           "another checkpoint path, to train anew", UserWarning, stacklevel=3)
         if bar is not None and history.epochs:
-            bar.update(history.epochs)
+            bar.update(history.epochs * steps)
         probe = _probe(net, X, Y, seed) if diagnostics else None
         warned: set[str] = set()
         if probe is not None:
@@ -578,7 +584,7 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 start = time.perf_counter()
                 with np.errstate(all="ignore"):      # non-finite values are caught below
                     total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
-                                      between_steps=interrupt.check, clip_value=clip_value,
+                                      between_steps=between_steps, clip_value=clip_value,
                                       rates=rates)
                     seconds = time.perf_counter() - start
                     logs = _epoch_logs(net, total / n, lr if rates is None else float(rates[-1]),
@@ -597,9 +603,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 last_finite.take(net)
                 if probe is not None:
                     _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history, warned)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{logs['loss']:.4g}")
-                    bar.update(1)
+                if bar is not None:     # a compiled epoch calls between_steps once
+                    bar.update((epoch + 1) * steps - bar.n)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")
                 elif verbose:
                     print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
                 # every callback sees every epoch, also after one of them asks to stop
@@ -818,9 +824,9 @@ def _format(epoch: int, epochs: int, logs: dict[str, float]) -> str:
     return "  ".join(parts)
 
 
-def _progress_bar(epochs: int) -> Any:
+def _progress_bar(batches: int) -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
         raise ImportError("verbose='progress' needs tqdm: pip install 'backprop[progress]'") from None
-    return tqdm(total=epochs, unit="epoch")
+    return tqdm(total=batches, unit="batch")
