@@ -33,7 +33,10 @@ def test_doctor_full_run_shows_the_seeds_table():
     assert sick["accuracy"] < 0.2 and treated["accuracy"] >= 0.95
 
 
-def test_doctor_refuses_bad_arguments():
+def test_doctor_refuses_bad_arguments(capsys):
     for argv in (["doctor", "--depth", "0"], ["doctor", "--epochs", "-1"]):
-        with pytest.raises(SystemExit, match="positive"):
+        with pytest.raises(SystemExit) as exit:
             cli.main(argv)
+        assert exit.value.code == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "positive" in err
