@@ -25,7 +25,8 @@ from . import state as _state
 from .backends import get_backend, resolve_backend, to_numpy
 from .backends.base import Array, Backend
 from .guard import CallGuard
-from .validation import check_architecture, check_dtype, check_X, check_Y
+from .validation import (check_architecture, check_dtype, check_sample_weight, check_X,
+                         check_Y)
 
 if TYPE_CHECKING:
     from .training import Callback, History
@@ -41,8 +42,9 @@ class Workspace:
 
     ``A[l]`` (B, n_{l+1}): activations of layer l+1 (hidden layers keep no Z); ``Z`` (B, n_L):
     the output pre-activation; ``delta[l]`` like ``A[l]``; with dropout, ``mask[l]`` and
-    ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
-    ``total``: the summed loss (float64); ``scale``: the clipping factor.
+    ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``, ``weight`` (the
+    batch's sample weights, (B,)): a gathered batch; ``total``: the summed loss (float64);
+    ``scale``: the clipping factor.
 
     Only a training step (:meth:`Network.train_step`) draws masks into ``mask`` and applies
     them; no other pass reads them.
@@ -67,6 +69,7 @@ class Workspace:
             self.X = backend.empty((batch, sizes[0]), dtype)
             self.Y = backend.empty((batch, n_out), dtype)
             self.index = backend.empty((batch,), np.int64)
+            self.weight = backend.empty((batch,), dtype)
             self.scale = backend.zeros((1,), dtype)
 
     def rows(self, batch: int) -> "Workspace":
@@ -79,7 +82,7 @@ class Workspace:
         view.batch = batch
         for name in ("A", "delta", "mask", "dropped"):
             setattr(view, name, [None if a is None else a[:batch] for a in getattr(self, name)])
-        for name in ("Z", "X", "Y", "index"):
+        for name in ("Z", "X", "Y", "index", "weight"):
             if hasattr(self, name):
                 setattr(view, name, getattr(self, name)[:batch])
         return view
@@ -355,18 +358,21 @@ class Network:
 
     def _backward(self, ws: Workspace, inputs: list[Array], Y: Array, *, train: bool,
                   grads: list[tuple[Array, Array]] | None = None,
-                  sgd: _optimizers.UpdateRule | None = None) -> None:
+                  sgd: _optimizers.UpdateRule | None = None,
+                  sample_weight: Array | None = None) -> None:
         """δ for every layer, then the weight gradients into ``grads`` (default
         :meth:`gradients`); with an SGD ``rule`` each layer is updated in place instead (after
         its δ_{l-1} is computed).
 
         ``train``: the backward pass of a training step, whose forward pass (``train=True``)
         drew the dropout masks in ``ws``: δ of a dropped layer is multiplied by its mask.
-        Otherwise no mask is read.
+        Otherwise no mask is read. ``sample_weight`` (B,): the gradient of the batch's
+        weighted mean loss (see :mod:`backprop.backends.base`).
         """
         be = self.backend
         L = self.n_layers
-        be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
+        be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1],
+                        sample_weight)
         if grads is None:
             grads = self.gradients()
         for l in range(L - 1, -1, -1):
@@ -383,17 +389,20 @@ class Network:
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-                   clip_norm: float | None = None) -> None:
+                   clip_norm: float | None = None, sample_weight: Array | None = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
-        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing."""
+        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
+        ``sample_weight`` (B,): the step descends the batch's weighted mean loss
+        ``Σ w_b L_b / Σ w_b`` and ``ws.total`` gains ``Σ w_b L_b``."""
         be = self.backend
         inputs = self._forward(ws, X, train=True)
-        be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
+        be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total,
+                sample_weight)
         if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
             rule_w, _ = optimizer.rules(learning_rate, l2=l2)
-            self._backward(ws, inputs, Y, train=True, sgd=rule_w)
+            self._backward(ws, inputs, Y, train=True, sgd=rule_w, sample_weight=sample_weight)
             return
-        self._backward(ws, inputs, Y, train=True)
+        self._backward(ws, inputs, Y, train=True, sample_weight=sample_weight)
         grads = [g for pair in self.gradients() for g in pair]
         scale: Any = 1.0
         if clip_norm is not None:
@@ -453,57 +462,82 @@ class Network:
                     self.dtype, name=names[1], x_name=names[0])
         return X, Y
 
-    def loss(self, X: Any, Y: Any) -> float:
-        """The mean per-sample loss over (X, Y)."""
+    def _prepare_weight(self, sample_weight: Any, n: int,
+                        name: str = "sample_weight") -> Array | None:
+        """``sample_weight`` checked (:func:`backprop.validation.check_sample_weight`) and
+        on the device in the network's dtype; None stays None."""
+        if sample_weight is None:
+            return None
+        return check_sample_weight(self.backend, sample_weight, n, self.dtype, name=name)
+
+    def loss(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
+        """The mean per-sample loss over (X, Y); with ``sample_weight`` (n_samples,) the
+        weighted mean ``Σ_i w_i L_i / Σ_i w_i`` (``numpy.average``'s, as scikit-learn's MLP
+        losses take it). Errors name ``sample_weight`` (see :meth:`fit`)."""
         with self._guard.call("loss"):
             X, Y = self._prepare(X, Y)
-            return self._mean_loss(X, Y)
+            w = self._prepare_weight(sample_weight, X.shape[0])
+            return self._mean_loss(X, Y, w)
 
-    def _mean_loss(self, X: Array, Y: Array) -> float:
+    def _mean_loss(self, X: Array, Y: Array, w: Array | None = None) -> float:
         be = self.backend
         total = 0.0
         for rows, ws in self._inference_chunks(X):
             ws.total[0] = 0
-            be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total)
+            be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total,
+                    None if w is None else w[rows])
             total += float(be.to_numpy(ws.total)[0])
-        return total / X.shape[0]
+        return total / (X.shape[0] if w is None else weight_sum(be, w))
 
-    def backward(self, X: Any, Y: Any) -> list[tuple[Array, Array]]:
+    def backward(self, X: Any, Y: Any, sample_weight: Any = None) -> list[tuple[Array, Array]]:
         """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
-        gradients of the loss over all of (X, Y) as one batch (no dropout).
+        gradients of the loss over all of (X, Y) as one batch (no dropout); with
+        ``sample_weight`` (n_samples,) the gradient of the weighted mean loss
+        ``Σ_i w_i L_i / Σ_i w_i``, i.e. ``Σ_i (w_i / Σ w) ∇L_i``.
 
         Runs in a workspace and gradient arrays of its own, made for this call: it reads no
         dropout mask and changes nothing in the network.
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
+            w = self._prepare_weight(sample_weight, X.shape[0])
             be = self.backend
             ws = Workspace(be, self.layer_sizes, self.dtype, X.shape[0],
                            [0.0] * len(self.dropout), train=True)
             grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
                      for W, b in zip(self.W, self.b)]
             inputs = self._forward(ws, X, train=False)
-            self._backward(ws, inputs, Y, train=False, grads=grads)
+            self._backward(ws, inputs, Y, train=False, grads=grads, sample_weight=w)
             return grads
 
-    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
-        """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
+    def evaluate(self, X: Any, Y: Any, sample_weight: Any = None) -> dict[str, float]:
+        """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses (the
+        fraction of samples classified right: argmax for cross_entropy, each output unit
+        thresholded at 0.5 for binary_cross_entropy, averaged over the units). With
+        ``sample_weight`` (n_samples,) both are weighted means, ``Σ w_i x_i / Σ w_i``
+        (scikit-learn's ``accuracy_score(..., sample_weight=)``)."""
         with self._guard.call("evaluate"):
             X, Y = self._prepare(X, Y)
-            return self._evaluate(X, Y)
+            w = self._prepare_weight(sample_weight, X.shape[0])
+            return self._evaluate(X, Y, w)
 
-    def _evaluate(self, X: Array, Y: Array) -> dict[str, float]:
-        result = {"loss": self._mean_loss(X, Y)}
+    def _evaluate(self, X: Array, Y: Array, w: Array | None = None) -> dict[str, float]:
+        result = {"loss": self._mean_loss(X, Y, w)}
         if self.loss_function.classification:
-            correct = 0
+            correct = 0.0
             xp = self.backend.xp
             for rows, ws in self._inference_chunks(X):
                 y_hat, y = ws.A[-1], Y[rows]
                 if self.loss_function.code == _losses.CROSS_ENTROPY:
-                    correct += int((xp.argmax(y_hat, axis=1) == xp.argmax(y, axis=1)).sum())
+                    right = xp.argmax(y_hat, axis=1) == xp.argmax(y, axis=1)
                 else:   # binary: each output unit thresholded at 0.5
-                    correct += int(((y_hat >= 0.5) == (y >= 0.5)).sum()) / y.shape[1]
-            result["accuracy"] = correct / X.shape[0]
+                    right = (y_hat >= 0.5) == (y >= 0.5)
+                if w is None:
+                    correct += int(right.sum()) / (1 if right.ndim == 1 else y.shape[1])
+                else:   # per sample: the fraction of its units right, times its weight
+                    per_sample = right if right.ndim == 1 else right.mean(axis=1)
+                    correct += float((per_sample * w[rows].astype(np.float64)).sum())
+            result["accuracy"] = correct / (X.shape[0] if w is None else weight_sum(self.backend, w))
         return result
 
     def fit(self, X: Any, Y: Any, *, epochs: int, batch_size: int, learning_rate: float,
@@ -512,8 +546,11 @@ class Network:
             l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
-            on_nonfinite: str = "warn") -> "History":
-        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
+            on_nonfinite: str = "warn", sample_weight: Any = None,
+            validation_split: float = 0.0) -> "History":
+        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`
+        (``sample_weight``: per-sample weights, each step descending its batch's weighted
+        mean loss; ``validation_split``: the last fraction of the rows held out, as Keras).
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
         is running on this network in another thread; while fit runs, such calls from other
@@ -533,12 +570,18 @@ class Network:
                            learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
                            seed=seed, validation_data=validation_data, l1=l1, l2=l2,
                            clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
-                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
+                           sample_weight=sample_weight, validation_split=validation_split)
             finally:
                 self._previous = {}
 
 
 # ---------------------------------------------------------------------- helpers
+
+def weight_sum(backend: Backend, w: Array) -> float:
+    """``Σ w`` in float64 (one read from the device)."""
+    return float(backend.to_numpy(w.sum(dtype=np.float64)))
+
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:
     try:
