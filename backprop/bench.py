@@ -158,7 +158,8 @@ class Prepared:
     """A network, one batch on its device and the workspaces: the calls the benchmarks time."""
 
     def __init__(self, sizes: Sequence[int], batch: int, backend: str = "numpy",
-                 learning_rate: float = 1e-3, optimizer: str = "sgd") -> None:
+                 learning_rate: float = 1e-3, optimizer: str = "sgd",
+                 weighted: bool = False) -> None:
         self.net = net = make_network(sizes, backend)
         be = net.backend
         X, labels = make_data(sizes, batch)
@@ -169,12 +170,16 @@ class Prepared:
         self.optimizer = optimizers.get(optimizer)
         self.optimizer.reset(be, net.parameters())
         self.learning_rate = learning_rate
+        #: ``weighted``: the step takes sample weights (uniform in [0.5, 2)), as a weighted fit
+        self.weight = (be.asarray(np.random.default_rng(1).uniform(0.5, 2.0, batch), net.dtype)
+                       if weighted else None)
         self.sync = be.synchronize
         self.inputs = net._forward(self.ws, self.X, train=False)
 
     def train_step(self) -> None:
         """Forward, loss, backward and SGD update of one batch (``Network.train_step``)."""
-        self.net.train_step(self.ws, self.X, self.Y, self.optimizer, self.learning_rate)
+        self.net.train_step(self.ws, self.X, self.Y, self.optimizer, self.learning_rate,
+                            sample_weight=self.weight)
 
     def forward(self) -> None:
         """One inference forward pass of the batch."""

@@ -537,7 +537,8 @@ class Network:
                 else:   # per sample: the fraction of its units right, times its weight
                     per_sample = right if right.ndim == 1 else right.mean(axis=1)
                     correct += float((per_sample * w[rows].astype(np.float64)).sum())
-            result["accuracy"] = correct / (X.shape[0] if w is None else weight_sum(self.backend, w))
+            seen = X.shape[0] if w is None else weight_sum(self.backend, w)
+            result["accuracy"] = correct / seen
         return result
 
     def fit(self, X: Any, Y: Any, *, epochs: int, batch_size: int, learning_rate: float,

@@ -331,3 +331,14 @@ def test_no_weights_take_no_new_work(backend):
     assert seen and all(s is None for s in seen)
     assert net.loss(X, Y, sample_weight=np.ones(len(X))) == pytest.approx(net.loss(X, Y),
                                                                           rel=1e-14)
+
+
+def test_the_readme_example_runs(capsys):
+    """README's "Sample weights and validation_split" example, as written."""
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Sample weights and validation_split", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md", "exec"), {})
+    val_loss, result = capsys.readouterr().out.split(" ", 1)
+    assert float(val_loss) == pytest.approx(eval(result)["loss"], rel=1e-6)
