@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 class History:
     """Per-epoch metrics of a :func:`fit`: ``history["loss"][k]`` is epoch k's loss.
 
-    Keys: ``loss`` (what is minimised: the mean data loss over the epoch's steps plus the
-    penalty l1 Σ|W| + l2 Σ W² at the parameters the epoch ends with), ``data_loss`` (the mean
+    Keys: ``loss`` (what is minimised: the mean data loss over the epoch's steps, weighted
+    Σ w_i L_i / Σ w_i with ``sample_weight``, plus the penalty l1 Σ|W| + l2 Σ W² at the
+    parameters the epoch ends with), ``data_loss`` (the mean
     data loss alone, when l1 or l2 is set), ``learning_rate``, ``time`` (seconds),
     ``samples_per_second``; with validation data ``val_loss`` (the validation data loss at the
     end of the epoch plus the same penalty), ``val_data_loss`` (with a penalty) and
