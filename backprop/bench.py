@@ -162,7 +162,7 @@ class Prepared:
 
     def __init__(self, sizes: Sequence[int], batch: int, backend: str = "numpy",
                  learning_rate: float = 1e-3, optimizer: str = "sgd", batch_norm: bool = False,
-                 residual: bool = False) -> None:
+                 residual: bool = False, weighted: bool = False) -> None:
         self.net = net = make_network(sizes, backend, batch_norm, residual)
         be = net.backend
         X, labels = make_data(sizes, batch)
@@ -173,12 +173,16 @@ class Prepared:
         self.optimizer = optimizers.get(optimizer)
         self.optimizer.reset(be, net.parameters())
         self.learning_rate = learning_rate
+        #: ``weighted``: the step takes sample weights (uniform in [0.5, 2)), as a weighted fit
+        self.weight = (be.asarray(np.random.default_rng(1).uniform(0.5, 2.0, batch), net.dtype)
+                       if weighted else None)
         self.sync = be.synchronize
         self.inputs = net._forward(self.ws, self.X, train=False, batch_stats=True)
 
     def train_step(self) -> None:
         """Forward, loss, backward and SGD update of one batch (``Network.train_step``)."""
-        self.net.train_step(self.ws, self.X, self.Y, self.optimizer, self.learning_rate)
+        self.net.train_step(self.ws, self.X, self.Y, self.optimizer, self.learning_rate,
+                            sample_weight=self.weight)
 
     def forward(self) -> None:
         """One inference forward pass of the batch."""

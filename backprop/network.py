@@ -25,7 +25,8 @@ from . import state as _state
 from .backends import get_backend, resolve_backend, to_numpy
 from .backends.base import Array, Backend
 from .guard import CallGuard
-from .validation import check_architecture, check_dtype, check_X, check_Y
+from .validation import (check_architecture, check_dtype, check_sample_weight, check_X,
+                         check_Y)
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnosis
@@ -46,8 +47,9 @@ class Workspace:
 
     ``A[l]`` (B, n_{l+1}): activations of layer l+1 (hidden layers keep no Z); ``Z`` (B, n_L):
     the output pre-activation; ``delta[l]`` like ``A[l]``; with dropout, ``mask[l]`` and
-    ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``: a gathered batch;
-    ``total``: the summed loss (float64); ``scale``: the clipping factor.
+    ``dropped[l]`` (the input of the next layer); ``X``, ``Y``, ``index``, ``weight`` (the
+    batch's sample weights, (B,)): a gathered batch; ``total``: the summed loss (float64);
+    ``scale``: the clipping factor.
 
     Hidden layer l with batch normalization: ``Zhat[l]`` (B, n) the normalized Ẑ, ``mean[l]``
     and ``inv_std[l]`` (n,) the statistics used; with a residual connection: ``H[l]`` (B, n)
@@ -87,6 +89,7 @@ class Workspace:
             self.X = backend.empty((batch, sizes[0]), dtype)
             self.Y = backend.empty((batch, n_out), dtype)
             self.index = backend.empty((batch,), np.int64)
+            self.weight = backend.empty((batch,), dtype)
             self.scale = backend.zeros((1,), dtype)
 
     def rows(self, batch: int) -> "Workspace":
@@ -99,7 +102,7 @@ class Workspace:
         view.batch = batch
         for name in ("A", "delta", "mask", "dropped", "Zhat", "H", "E"):
             setattr(view, name, [None if a is None else a[:batch] for a in getattr(self, name)])
-        for name in ("Z", "X", "Y", "index"):
+        for name in ("Z", "X", "Y", "index", "weight"):
             if hasattr(self, name):
                 setattr(view, name, getattr(self, name)[:batch])
         return view
@@ -501,7 +504,8 @@ class Network:
     def _backward(self, ws: Workspace, inputs: list[Array], Y: Array, *, train: bool,
                   grads: list[tuple[Array, Array]] | None = None,
                   bn_grads: list[tuple[Array, Array] | None] | None = None,
-                  sgd: _optimizers.UpdateRule | None = None) -> None:
+                  sgd: _optimizers.UpdateRule | None = None,
+                  sample_weight: Array | None = None) -> None:
         """δ for every layer, then the weight gradients into ``grads`` (default
         :meth:`gradients`) and batch normalization's into ``bn_grads`` (default
         :meth:`batch_norm_gradients`); with an SGD ``rule`` each layer's W and b are updated
@@ -511,10 +515,13 @@ class Network:
         drew the dropout masks in ``ws``: δ of a dropped layer is multiplied by its mask.
         Otherwise no mask is read. Batch normalization is differentiated through the batch
         statistics, so the forward pass must have used them (``batch_stats``).
+        ``sample_weight`` (B,): the gradient of the batch's weighted mean loss (see
+        :mod:`backprop.backends.base`).
         """
         be = self.backend
         L = self.n_layers
-        be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
+        be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1],
+                        sample_weight)
         if grads is None:
             grads = self.gradients()
         if bn_grads is None and any(self.batch_norm):
@@ -561,25 +568,29 @@ class Network:
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-                   clip_norm: float | None = None, clip_value: float | None = None) -> None:
+                   clip_norm: float | None = None, clip_value: float | None = None,
+                   sample_weight: Array | None = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
         batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
+        ``sample_weight`` (B,): the step descends the batch's weighted mean loss
+        ``Σ w_b L_b / Σ w_b`` and ``ws.total`` gains ``Σ w_b L_b``.
 
         Clipping: the gradient is scaled to global L2 norm ``clip_norm`` first (the norm of
         the unclipped gradient), then each component clipped to [-clip_value, clip_value]."""
         be = self.backend
         inputs = self._forward(ws, X, train=True)
-        be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
+        be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total,
+                sample_weight)
         if (optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None
                 and clip_value is None):
             rule_w, rule_b = optimizer.rules(learning_rate, l2=l2)
-            self._backward(ws, inputs, Y, train=True, sgd=rule_w)
+            self._backward(ws, inputs, Y, train=True, sgd=rule_w, sample_weight=sample_weight)
             if self._frozen:                         # γ, β: the biases' rule
                 for p, g in zip(self.parameters()[2 * self.n_layers:],
                                 self._flat_gradients()[2 * self.n_layers:]):
                     be.update(p, g, (), rule_b)
             return
-        self._backward(ws, inputs, Y, train=True)
+        self._backward(ws, inputs, Y, train=True, sample_weight=sample_weight)
         grads = self._flat_gradients()
         scale: Any = 1.0
         if clip_norm is not None:
@@ -640,24 +651,38 @@ class Network:
                     self.dtype, name=names[1], x_name=names[0])
         return X, Y
 
-    def loss(self, X: Any, Y: Any) -> float:
-        """The mean per-sample loss over (X, Y)."""
+    def _prepare_weight(self, sample_weight: Any, n: int,
+                        name: str = "sample_weight") -> Array | None:
+        """``sample_weight`` checked (:func:`backprop.validation.check_sample_weight`) and
+        on the device in the network's dtype; None stays None."""
+        if sample_weight is None:
+            return None
+        return check_sample_weight(self.backend, sample_weight, n, self.dtype, name=name)
+
+    def loss(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
+        """The mean per-sample loss over (X, Y); with ``sample_weight`` (n_samples,) the
+        weighted mean ``Σ_i w_i L_i / Σ_i w_i`` (``numpy.average``'s, as scikit-learn's MLP
+        losses take it). Errors name ``sample_weight`` (see :meth:`fit`)."""
         with self._guard.call("loss"):
             X, Y = self._prepare(X, Y)
-            return self._mean_loss(X, Y)
+            w = self._prepare_weight(sample_weight, X.shape[0])
+            return self._mean_loss(X, Y, w)
 
-    def _mean_loss(self, X: Array, Y: Array) -> float:
+    def _mean_loss(self, X: Array, Y: Array, w: Array | None = None) -> float:
         be = self.backend
         total = 0.0
         for rows, ws in self._inference_chunks(X):
             ws.total[0] = 0
-            be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total)
+            be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total,
+                    None if w is None else w[rows])
             total += float(be.to_numpy(ws.total)[0])
-        return total / X.shape[0]
+        return total / (X.shape[0] if w is None else weight_sum(be, w))
 
-    def backward(self, X: Any, Y: Any) -> "Gradients":
+    def backward(self, X: Any, Y: Any, sample_weight: Any = None) -> "Gradients":
         """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
-        gradients of the loss over all of (X, Y) as one batch (no dropout).
+        gradients of the loss over all of (X, Y) as one batch (no dropout); with
+        ``sample_weight`` (n_samples,) the gradient of the weighted mean loss
+        ``Σ_i w_i L_i / Σ_i w_i``, i.e. ``Σ_i (w_i / Σ w) ∇L_i``.
 
         With batch normalization these are the gradients of the *training-mode* batch loss:
         (X, Y) is one batch normalized with its own mean and biased variance, exactly as a
@@ -671,7 +696,8 @@ class Network:
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
-            return self._backward_pass(X, Y)[2]
+            w = self._prepare_weight(sample_weight, X.shape[0])
+            return self._backward_pass(X, Y, sample_weight=w)[2]
 
     def _backward_buffers(self, rows: int) -> tuple[Workspace, "Gradients"]:
         """A workspace of ``rows`` rows and gradient arrays of :meth:`backward`'s own, made
@@ -684,7 +710,8 @@ class Network:
         grads.batch_norm = self._new_bn_grads()
         return ws, grads
 
-    def _backward_pass(self, X: Array, Y: Array, buffers: tuple[Workspace, Any] | None = None
+    def _backward_pass(self, X: Array, Y: Array, buffers: tuple[Workspace, Any] | None = None,
+                       sample_weight: Array | None = None
                        ) -> tuple[Workspace, list[Array], "Gradients"]:
         """:meth:`backward` on checked device arrays, in ``buffers`` (from
         :meth:`_backward_buffers`) or new ones: returns the workspace (activations and δ of
@@ -692,7 +719,8 @@ class Network:
         :meth:`backward` and :func:`backprop.diagnostics.diagnose` take their pass from."""
         ws, grads = buffers if buffers is not None else self._backward_buffers(X.shape[0])
         inputs = self._forward(ws, X, train=False, batch_stats=True)
-        self._backward(ws, inputs, Y, train=False, grads=grads, bn_grads=grads.batch_norm)
+        self._backward(ws, inputs, Y, train=False, grads=grads, bn_grads=grads.batch_norm,
+                       sample_weight=sample_weight)
         return ws, inputs, grads
 
     def diagnose(self, X: Any, Y: Any, learning_rate: float = 0.01) -> "Diagnosis":
@@ -712,24 +740,35 @@ class Network:
         self.backend.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
         return float(self.backend.to_numpy(ws.total)[0]) / X.shape[0]
 
-    def evaluate(self, X: Any, Y: Any) -> dict[str, float]:
-        """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses."""
+    def evaluate(self, X: Any, Y: Any, sample_weight: Any = None) -> dict[str, float]:
+        """``{"loss": mean loss}``, plus ``"accuracy"`` for the classification losses (the
+        fraction of samples classified right: argmax for cross_entropy, each output unit
+        thresholded at 0.5 for binary_cross_entropy, averaged over the units). With
+        ``sample_weight`` (n_samples,) both are weighted means, ``Σ w_i x_i / Σ w_i``
+        (scikit-learn's ``accuracy_score(..., sample_weight=)``)."""
         with self._guard.call("evaluate"):
             X, Y = self._prepare(X, Y)
-            return self._evaluate(X, Y)
+            w = self._prepare_weight(sample_weight, X.shape[0])
+            return self._evaluate(X, Y, w)
 
-    def _evaluate(self, X: Array, Y: Array) -> dict[str, float]:
-        result = {"loss": self._mean_loss(X, Y)}
+    def _evaluate(self, X: Array, Y: Array, w: Array | None = None) -> dict[str, float]:
+        result = {"loss": self._mean_loss(X, Y, w)}
         if self.loss_function.classification:
-            correct = 0
+            correct = 0.0
             xp = self.backend.xp
             for rows, ws in self._inference_chunks(X):
                 y_hat, y = ws.A[-1], Y[rows]
                 if self.loss_function.code == _losses.CROSS_ENTROPY:
-                    correct += int((xp.argmax(y_hat, axis=1) == xp.argmax(y, axis=1)).sum())
+                    right = xp.argmax(y_hat, axis=1) == xp.argmax(y, axis=1)
                 else:   # binary: each output unit thresholded at 0.5
-                    correct += int(((y_hat >= 0.5) == (y >= 0.5)).sum()) / y.shape[1]
-            result["accuracy"] = correct / X.shape[0]
+                    right = (y_hat >= 0.5) == (y >= 0.5)
+                if w is None:
+                    correct += int(right.sum()) / (1 if right.ndim == 1 else y.shape[1])
+                else:   # per sample: the fraction of its units right, times its weight
+                    per_sample = right if right.ndim == 1 else right.mean(axis=1)
+                    correct += float((per_sample * w[rows].astype(np.float64)).sum())
+            seen = X.shape[0] if w is None else weight_sum(self.backend, w)
+            result["accuracy"] = correct / seen
         return result
 
     def fit(self, X: Any, Y: Any, *, epochs: int, batch_size: int, learning_rate: float,
@@ -739,8 +778,11 @@ class Network:
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
             on_nonfinite: str = "warn", clip_value: float | None = None,
-            warmup_steps: int = 0, diagnostics: bool = False) -> "History":
-        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
+            warmup_steps: int = 0, diagnostics: bool = False, sample_weight: Any = None,
+            validation_split: float = 0.0) -> "History":
+        """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`
+        (``sample_weight``: per-sample weights, each step descending its batch's weighted
+        mean loss; ``validation_split``: the last fraction of the rows held out, as Keras).
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
         is running on this network in another thread; while fit runs, such calls from other
@@ -762,7 +804,8 @@ class Network:
                            clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
                            verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
                            clip_value=clip_value, warmup_steps=warmup_steps,
-                           diagnostics=diagnostics)
+                           diagnostics=diagnostics, sample_weight=sample_weight,
+                           validation_split=validation_split)
             finally:
                 self._previous = {}
 
@@ -776,6 +819,11 @@ class Gradients(list):
 
 
 # ---------------------------------------------------------------------- helpers
+
+def weight_sum(backend: Backend, w: Array) -> float:
+    """``Σ w`` in float64 (one read from the device)."""
+    return float(backend.to_numpy(w.sum(dtype=np.float64)))
+
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:
     try:

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import optimizers as _optimizers
 from . import state as _state
+from .network import weight_sum
 from .validation import check_nonnegative_float, check_positive_float, check_positive_int
 
 if TYPE_CHECKING:
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 class History:
     """Per-epoch metrics of a :func:`fit`: ``history["loss"][k]`` is epoch k's loss.
 
-    Keys: ``loss`` (what is minimised: the mean data loss over the epoch's steps plus the
-    penalty l1 Σ|W| + l2 Σ W² at the parameters the epoch ends with), ``data_loss`` (the mean
+    Keys: ``loss`` (what is minimised: the mean data loss over the epoch's steps, weighted
+    Σ w_i L_i / Σ w_i with ``sample_weight``, plus the penalty l1 Σ|W| + l2 Σ W² at the
+    parameters the epoch ends with), ``data_loss`` (the mean
     data loss alone, when l1 or l2 is set), ``learning_rate``, ``time`` (seconds),
     ``samples_per_second``; with validation data ``val_loss`` (the validation data loss at the
     end of the epoch plus the same penalty), ``val_data_loss`` (with a penalty) and
@@ -339,9 +341,12 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               optimizer: _optimizers.Optimizer, learning_rate: float, l1: float = 0.0,
               l2: float = 0.0, clip_norm: float | None = None,
               between_steps: Callable[[], None] | None = None,
-              clip_value: float | None = None, rates: np.ndarray | None = None) -> float:
+              clip_value: float | None = None, rates: np.ndarray | None = None,
+              sample_weight: Any = None) -> float:
     """One epoch of steps over device arrays X, Y in ``order`` (device int64 array, or None
-    for the stored order). Returns the summed per-sample loss (one read from the device).
+    for the stored order). Returns the summed per-sample loss (one read from the device);
+    with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
+    ``weight``, each step descends its batch's weighted mean loss and the sum is Σ w_i L_i.
 
     ``rates``: the learning rate of each step (host float64, one per batch: a warm-up), else
     ``learning_rate`` for every step.
@@ -357,18 +362,24 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
     for ws in spaces:
         ws.total[0] = 0
     if not be.train_epoch(net, X, Y, order, batch_size, optimizer, learning_rate, l1, l2,
-                          clip_norm, full.total, clip_value, rates):
+                          clip_norm, full.total, clip_value, rates, sample_weight):
+        wb = None
         for k, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             ws = full if stop - start == batch_size else spaces[-1]
             if order is None:
                 Xb, Yb = X[start:stop], Y[start:stop]
+                if sample_weight is not None:
+                    wb = sample_weight[start:stop]
             else:
                 be.take_rows(X, order[start:stop], ws.X)
                 be.take_rows(Y, order[start:stop], ws.Y)
                 Xb, Yb = ws.X, ws.Y
+                if sample_weight is not None:
+                    be.take_rows(sample_weight, order[start:stop], ws.weight)
+                    wb = ws.weight
             lr = learning_rate if rates is None else float(rates[k])
-            net.train_step(ws, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value)
+            net.train_step(ws, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value, wb)
             if between_steps is not None:
                 between_steps()
     return sum(float(be.to_numpy(ws.total)[0]) for ws in spaces)
@@ -424,7 +435,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         callbacks: Sequence[Callback | Callable[..., Any]] = (),
         verbose: bool | str = False, checkpoint: str | os.PathLike[str] | None = None,
         on_nonfinite: str = "warn", clip_value: float | None = None,
-        warmup_steps: int = 0, diagnostics: bool = False) -> History:
+        warmup_steps: int = 0, diagnostics: bool = False, sample_weight: Any = None,
+        validation_split: float = 0.0) -> History:
     """Train ``net`` by mini-batch gradient descent and return the :class:`History`.
 
     Parameters
@@ -441,8 +453,25 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         instance (whose state carries over between calls).
     shuffle, seed : bool, int
         Shuffle each epoch with ``numpy.random.default_rng(seed)`` (also seeds dropout).
-    validation_data : (X_val, Y_val), optional
-        Evaluated after each epoch: ``val_loss`` and, for classification, ``val_accuracy``.
+    validation_data : (X_val, Y_val) or (X_val, Y_val, w_val), optional
+        Evaluated after each epoch: ``val_loss`` and, for classification, ``val_accuracy``
+        (weighted means with ``w_val``, see :meth:`backprop.Network.evaluate`).
+    sample_weight : array of shape (N,), optional
+        Per-sample weights, numeric, finite, >= 0, not all zero (pandas Series too), cast to
+        the network's dtype. Each step descends its batch's weighted mean loss
+        ``Σ_b w_b L_b / Σ_b w_b``, as scikit-learn's MLP does per batch (``np.average(...,
+        weights=sample_weight)`` in ``sklearn/neural_network/_base.py``, gradients divided by
+        the batch's weight sum in ``_backprop``); a batch whose weights are all zero takes
+        a step with zero gradient. An epoch's ``loss`` is the weighted mean over all samples,
+        Σ w_i L_i / Σ w_i. Full-batch, a weight of 2 is the sample repeated, and weights
+        scaled by a power of two train identically. The weights are data: shuffled with
+        their rows, not saved in a checkpoint (resume with the same weights).
+    validation_split : float in [0, 1)
+        Hold out the last ``N - ⌊N (1 - validation_split)⌋`` rows of X, Y (and sample_weight),
+        taken before any shuffling, as ``validation_data``: Keras' ``validation_split``
+        (``Model.fit``; deterministic, seed-independent; shuffle the data first if it is
+        ordered). ValueError when it leaves no training or no validation rows, or with
+        ``validation_data``.
     l1, l2 : float
         Regularization: the loss minimised (and reported) is the data loss plus
         l1 Σ|W| + l2 Σ W² (weights only, not biases); see :class:`History`.
@@ -524,13 +553,21 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         raise ValueError(f"seed: expected None or a non-negative integer, got {seed!r} ({e})") from None
     path = _check_checkpoint(checkpoint)
     opt = _optimizers.get(optimizer)
+    split = _check_validation_split(validation_split, validation_data)
     X, Y = net._prepare(X, Y)
+    weight = net._prepare_weight(sample_weight, X.shape[0])
     val = None
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data: expected a pair (X_val, Y_val)")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data: expected a pair (X_val, Y_val) or a triple "
+                             "(X_val, Y_val, sample_weight_val)")
         val = net._prepare(validation_data[0], validation_data[1],
                            names=("validation_data[0]", "validation_data[1]"))
+        w_val = None if len(validation_data) == 2 else net._prepare_weight(
+            validation_data[2], val[0].shape[0], name="validation_data[2]")
+        val = (*val, w_val)
+    if split:
+        X, Y, weight, val = _split_off(net.backend, X, Y, weight, split)
     penalized = bool(l1 or l2)
     keys = _logged_keys(penalized, val is not None, net.loss_function.classification)
     for cb in callbacks:            # a monitor this fit never logs: found before any work
@@ -553,6 +590,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         interrupt.check()
         if bar is not None:
             bar.update(1)
+
+    seen = n if weight is None else weight_sum(be, weight)    # the epoch loss's denominator
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
@@ -585,9 +624,10 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 with np.errstate(all="ignore"):      # non-finite values are caught below
                     total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
                                       between_steps=between_steps, clip_value=clip_value,
-                                      rates=rates)
+                                      rates=rates, sample_weight=weight)
                     seconds = time.perf_counter() - start
-                    logs = _epoch_logs(net, total / n, lr if rates is None else float(rates[-1]),
+                    logs = _epoch_logs(net, total / seen,
+                                       lr if rates is None else float(rates[-1]),
                                        seconds, n, val, l1, l2)
                 problem = _nonfinite(net, logs)
                 if problem:
@@ -683,6 +723,42 @@ def _diagnose_epoch(net: "Network", probe: tuple[Any, Any], epoch: int, learning
         if verdict.kind not in warned:
             warned.add(verdict.kind)
             warnings.warn(f"epoch {epoch}: {verdict.message}", DiagnosticWarning, stacklevel=4)
+
+
+def _check_validation_split(validation_split: Any, validation_data: Any) -> float:
+    """``validation_split`` as a float in [0, 1); ValueError otherwise or when it comes with
+    ``validation_data``."""
+    if (isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real)
+            or not 0 <= validation_split < 1):
+        raise ValueError(f"validation_split: expected a number with 0 <= validation_split < 1, "
+                         f"got {validation_split!r}")
+    if validation_split and validation_data is not None:
+        raise ValueError("validation_split: give either validation_split or validation_data, "
+                         "not both")
+    return float(validation_split)
+
+
+def _split_off(backend: Any, X: Any, Y: Any, weight: Any,
+               split: float) -> tuple[Any, Any, Any, tuple]:
+    """(X, Y, weight) of the training rows and the validation triple: rows before
+    ``⌊N (1 - split)⌋`` train, the rest validate (Keras' ``validation_split``)."""
+    n = X.shape[0]
+    at = int(math.floor(n * (1.0 - split)))
+    if at < 1:
+        raise ValueError(f"validation_split: {split} of {n} samples leaves no training "
+                         "samples; lower it")
+    if at >= n:
+        raise ValueError(f"validation_split: {split} of {n} samples leaves no validation "
+                         "samples; raise it or pass validation_data")
+    cut = (lambda a: (None, None) if a is None else (a[:at], a[at:]))
+    (w_train, w_val) = cut(weight)
+    if w_train is not None and not weight_sum(backend, w_train) > 0:
+        raise ValueError("sample_weight: every weight of the training rows (those before "
+                         "validation_split's) is 0")
+    if w_val is not None and not weight_sum(backend, w_val) > 0:
+        raise ValueError("sample_weight: every weight of the validation rows "
+                         "(validation_split's) is 0")
+    return X[:at], Y[:at], w_train, (X[at:], Y[at:], w_val)
 
 
 def _check_callbacks(callbacks: Any) -> list[Any]:

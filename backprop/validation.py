@@ -187,3 +187,29 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
             raise ValueError(f"{name}: cross_entropy targets must be one-hot rows (or "
                              "probabilities summing to 1 per row), or integer class labels")
     return Y
+
+
+def check_sample_weight(backend: Backend, sample_weight: Any, n_samples: int, dtype: np.dtype,
+                        name: str = "sample_weight") -> Any:
+    """Per-sample weights as a C-contiguous (n_samples,) array of ``dtype`` on the device.
+
+    Numeric (pandas Series and nullable dtypes included), 1-D, one weight per sample,
+    finite, >= 0, not all zero, their sum finite (scikit-learn's ``_check_sample_weight``
+    asks the same, less the last two: a weighted mean needs Σ w > 0).
+    """
+    w = _as_numeric(backend, sample_weight, name)
+    if w.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D array of shape ({n_samples},), one weight "
+                         f"per sample, got shape {tuple(w.shape)}")
+    if w.shape[0] != n_samples:
+        raise ValueError(f"{name}: has {w.shape[0]} weights but X has {n_samples} samples")
+    w = to_dtype(backend, w, dtype, name)
+    if bool((w < 0).any()):
+        raise ValueError(f"{name}: weights must be >= 0, got a minimum of {float(w.min())!r}")
+    total = float(backend.to_numpy(w.sum(dtype=np.float64)))
+    if not total > 0:
+        raise ValueError(f"{name}: every weight is 0 (in {np.dtype(dtype).name}); at least one "
+                         "sample needs a positive weight")
+    if not math.isfinite(total):
+        raise ValueError(f"{name}: the weights sum to {total} in float64; scale them down")
+    return w

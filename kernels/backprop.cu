@@ -109,13 +109,17 @@ __global__ void softmax_backward(const T* G, const T* A, T* out, long long rows,
 }
 
 // δ_L = (ŷ - y) ⊙ σ'(a) / B, or (ŷ - y) / B when `fused` (the seeds' simplified pairs).
+// With sample weights (`weight`, one per row, not null) row r is scaled by
+// weight[r] · weight_norm[0] instead of inv_batch, weight_norm[0] = 1 / Σ w (weight_norm).
 template <typename T>
-__global__ void output_delta(const T* A, const T* Y, T* delta, long long n, int code, T alpha,
-                             int fused, T inv_batch) {
+__global__ void output_delta(const T* A, const T* Y, T* delta, long long n, long long cols,
+                             int code, T alpha, int fused, T inv_batch, const T* weight,
+                             const T* weight_norm) {
+    const T norm = weight ? weight_norm[0] : T(0);
     GRID_STRIDE(i, n) {
         T g = A[i] - Y[i];
         if (!fused) g = g * derivative(A[i], code, alpha);
-        delta[i] = g * inv_batch;
+        delta[i] = g * (weight ? weight[i / cols] * norm : inv_batch);
     }
 }
 
@@ -303,28 +307,30 @@ __device__ double block_sum(double v) {
     return partial[0];
 }
 
-// total[0] += Σ_samples L(ŷ, y), in double. One block of REDUCE_THREADS threads, a thread per
+// total[0] += Σ_samples L(ŷ, y), in double (with sample weights, `weight` not null:
+// Σ_r w_r L_r, each term times its row's weight). One block of REDUCE_THREADS threads, a thread per
 // row; every term is formed >= 0 before it is added, so no large terms cancel:
 //   mse:                  ½ Σ (ŷ - y)²
 //   binary_cross_entropy: Σ z ([z > 0] - y) + log1p(exp(-|z|))
 //   cross_entropy:        Σ_i y_i ((m - z_i) + log Σ_k exp(z_k - m)), m = max_k z_k
 template <typename T>
 __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long long cols,
-                     int loss_code, double* total) {
+                     int loss_code, double* total, const T* weight) {
     double sum = 0.0;
     for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) {
         const T* a = A + r * cols;
         const T* z = Z + r * cols;
         const T* y = Y + r * cols;
+        const double w = weight ? (double)weight[r] : 1.0;   // × 1.0: exact, unweighted as before
         if (loss_code == MSE) {
             for (long long c = 0; c < cols; ++c) {
                 double d = (double)a[c] - (double)y[c];
-                sum += 0.5 * d * d;
+                sum += w * (0.5 * d * d);
             }
         } else if (loss_code == BINARY_CROSS_ENTROPY) {
             for (long long c = 0; c < cols; ++c) {
                 const double v = z[c], t = y[c];
-                sum += (v > 0.0 ? v * (1.0 - t) : -v * t) + log1p(exp(-fabs(v)));
+                sum += w * ((v > 0.0 ? v * (1.0 - t) : -v * t) + log1p(exp(-fabs(v))));
             }
         } else {  // CROSS_ENTROPY
             double top = z[0];
@@ -333,11 +339,22 @@ __global__ void loss(const T* A, const T* Z, const T* Y, long long rows, long lo
             for (long long c = 0; c < cols; ++c) e += exp((double)z[c] - top);
             const double log_e = log(e);
             for (long long c = 0; c < cols; ++c)
-                sum += (double)y[c] * ((top - (double)z[c]) + log_e);
+                sum += w * ((double)y[c] * ((top - (double)z[c]) + log_e));
         }
     }
     double s = block_sum(sum);
     if (threadIdx.x == 0) total[0] += s;
+}
+
+// out[0] = 1 / Σ_r w[r], the sum in double in an order fixed by `rows`, the reciprocal rounded
+// to T; 0 when Σ w = 0 (a batch whose weights are all zero gets no gradient, not NaN). The
+// normaliser of output_delta's sample weights. One block of REDUCE_THREADS threads.
+template <typename T>
+__global__ void weight_norm(const T* w, long long rows, T* out) {
+    double sum = 0.0;
+    for (long long r = threadIdx.x; r < rows; r += REDUCE_THREADS) sum += (double)w[r];
+    const double s = block_sum(sum);
+    if (threadIdx.x == 0) out[0] = s > 0.0 ? T(1.0 / s) : T(0);
 }
 
 // The largest v over the block, valid in every thread. blockDim.x == REDUCE_THREADS.

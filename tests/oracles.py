@@ -25,7 +25,7 @@ def epoch_orders(n: int, epochs: int, shuffle: bool, seed: int | None) -> list[n
 def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, epochs: int,
         batch_size: int, orders, l1: float = 0.0, l2: float = 0.0,
         clip_norm: float | None = None, clip_factors: list | None = None,
-        clip_value: float | None = None, warmup_steps: int = 0):
+        clip_value: float | None = None, warmup_steps: int = 0, sample_weight=None):
     """``(W, b, epoch_losses)`` after the mini-batch loop of the seeds with ``optimizer``.
 
     Per batch (the last one partial): the mean of the per-sample gradients; clipped by the
@@ -39,6 +39,8 @@ def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, 
                p ← p - η (m / (1 - β₁ᵗ)) / (√(v / (1 - β₂ᵗ)) + ε)
     An epoch's loss is the mean over its samples of the loss at the parameters of their
     batch's step. ``clip_factors``, if given, receives each step's clipping factor.
+    With ``sample_weight`` (N,): a batch's gradient is Σ w_i ∇L_i / Σ w_i (0 when the batch's
+    weights are all 0) and an epoch's loss Σ w_i L_i / Σ w_i over all samples.
     """
     W = [np.array(w, np.float64) for w in W]
     b = [np.array(v, np.float64) for v in b]
@@ -48,11 +50,17 @@ def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, 
     losses = []
     for epoch in range(epochs):
         Xs, Ys = X[orders[epoch]], Y[orders[epoch]]
+        ws = None if sample_weight is None else np.asarray(sample_weight, np.float64)[orders[epoch]]
         total = 0.0
         for start in range(0, n, batch_size):
             xb, yb = Xs[start:start + batch_size], Ys[start:start + batch_size]
-            total += len(xb) * reference.batch_loss(xb, yb, W, b, activations, loss)
-            dW, db = reference.batch_gradients(xb, yb, W, b, activations, loss)
+            if ws is None:
+                total += len(xb) * reference.batch_loss(xb, yb, W, b, activations, loss)
+                dW, db = reference.batch_gradients(xb, yb, W, b, activations, loss)
+            else:
+                wb = ws[start:start + batch_size]
+                total += weighted_loss_sum(xb, yb, wb, W, b, activations, loss)
+                dW, db = weighted_gradients(xb, yb, wb, W, b, activations, loss)
             grads = [g for pair in zip(dW, db) for g in pair]
             params = [p for pair in zip(W, b) for p in pair]
             if clip_norm is not None:
@@ -72,8 +80,29 @@ def fit(W, b, X, Y, activations, loss, *, optimizer: str, learning_rate: float, 
                 s = state.setdefault(i, [np.zeros_like(p), np.zeros_like(p)])
                 new.append(_step(optimizer, p, g, s, lr, t))
             W, b = new[0::2], new[1::2]
-        losses.append(total / n)
+        losses.append(total / (n if sample_weight is None else float(np.sum(sample_weight))))
     return W, b, losses
+
+
+def weighted_loss_sum(X, Y, w, W, b, activations, loss) -> float:
+    """Σ_i w_i L_i, sample by sample."""
+    return float(sum(wi * reference.sample_loss(loss, reference.forward_propagation(
+        x, W, b, activations)[0][-1], y) for x, y, wi in zip(X, Y, w)))
+
+
+def weighted_gradients(X, Y, w, W, b, activations, loss):
+    """Σ_i w_i ∇L_i / Σ_i w_i, sample by sample with the seeds' backpropagation (zero
+    gradients when Σ w = 0)."""
+    dW = [np.zeros_like(m) for m in W]
+    db = [np.zeros_like(v) for v in b]
+    total = float(np.sum(w))
+    for x, y, wi in zip(X, Y, w):
+        gW, gb = reference.backpropagation(x, y, W, b, activations, loss)
+        for l in range(len(W)):
+            dW[l] += wi * gW[l]
+            db[l] += wi * gb[l]
+    scale = 1.0 / total if total > 0 else 0.0
+    return [g * scale for g in dW], [g * scale for g in db]
 
 
 def _step(optimizer: str, p, g, s, lr: float, t: int):

@@ -84,12 +84,12 @@ def test_kernel_arguments_must_match_the_c_signature(module):
     for what, args in bad.items():
         with pytest.raises(TypeError):
             kernel((1,), (32,), args)
-    scale = module.get_function("output_delta<float>")        # (..., T alpha, int fused, T)
+    scale = module.get_function("output_delta<float>")   # (..., int code, T alpha, int, T, ...)
     A = cp.ones((4,), np.float32)
-    good = (A, A, cp.empty((4,), np.float32), np.int64(4), np.int32(0), np.float32(0),
-            np.int32(1), np.float32(0.25))
+    good = (A, A, cp.empty((4,), np.float32), np.int64(4), np.int64(4), np.int32(0),
+            np.float32(0), np.int32(1), np.float32(0.25), np.uint64(0), np.uint64(0))
     scale((1,), (32,), good)
-    for i, wrong in ((5, 0.0), (5, np.float64(0)), (4, 0), (4, np.int64(0)), (4, True)):
+    for i, wrong in ((6, 0.0), (6, np.float64(0)), (5, 0), (5, np.int64(0)), (5, True)):
         args = list(good)
         args[i] = wrong
         with pytest.raises(TypeError, match="output_delta: parameter"):

@@ -9,6 +9,13 @@ given and returns None; none allocates in the training loop. Arrays are the back
 per-sample δ divided by B. With it the weight gradient is the plain product ``δᵀ A_prev`` and
 the bias gradient the column sum, which are the batch means of the per-sample gradients.
 
+Sample weights (``sample_weight``, a (B,) array of the batch's dtype, >= 0): the batch loss is
+the weighted mean ``Σ_b w_b L_b / Σ_b w_b`` (scikit-learn's MLP, ``np.average(...,
+weights=sample_weight)`` per batch), so ``delta_b = (∂L_b/∂z_b) · (w_b · (1 / Σ_b w_b))``, the
+sum in float64 and its reciprocal rounded to the dtype; a batch whose weights are all zero
+gets ``delta = 0`` (no NaN). The loss kernel then adds ``Σ_b w_b L_b``. ``None`` is the
+unweighted algorithm above, unchanged.
+
 The NumPy backend is the batched reference; the others override kernels to make them faster
 and must keep these signatures (a test compares them with ``inspect.signature``).
 """
@@ -113,12 +120,14 @@ class Backend(ABC):
 
     @abstractmethod
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
-                     delta: Array) -> None:
+                     delta: Array, sample_weight: Array | None = None) -> None:
         """``delta = (∂L/∂ŷ ⊙ σ'(z)) / B`` for the output layer.
 
         A (B, n_L) is ŷ; Y (B, n_L) the targets (one-hot rows for cross_entropy). Fused as
         ``(ŷ - y) / B`` when ``loss.fused_with(activation)``; for mse with another activation
         ``(ŷ - y) ⊙ σ'(a) / B`` (softmax: ``a ⊙ (g - Σ_j g_j a_j) / B`` with g = ŷ - y).
+        With ``sample_weight`` (B,), row b is scaled by ``w_b · (1 / Σ w)`` instead of 1 / B
+        (0 when Σ w = 0; see the module docstring).
         """
 
     @abstractmethod
@@ -140,8 +149,10 @@ class Backend(ABC):
 
     @abstractmethod
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
-             total: Array) -> None:
-        """``total[0] += Σ_samples L(ŷ, y)``: the summed per-sample loss of a batch.
+             total: Array, sample_weight: Array | None = None) -> None:
+        """``total[0] += Σ_samples L(ŷ, y)``: the summed per-sample loss of a batch
+        (with ``sample_weight`` (B,): ``Σ_b w_b L_b``, each per-element term times its row's
+        weight in float64).
 
         A, Z, Y (B, n_L); ``total`` a one-element float64 array on this device, so the loss
         of many batches is read back once and accumulates in float64. Exact to the dtype's
@@ -254,15 +265,17 @@ class Backend(ABC):
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
                     l2: float, clip_norm: float | None, total: Array,
-                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
+                    clip_value: float | None = None, rates: np.ndarray | None = None,
+                    sample_weight: Array | None = None) -> bool:
         """Optionally run a whole epoch of mini-batch steps in one call.
 
         Does what :func:`backprop.training.run_epoch` does with
         :meth:`backprop.network.Network.train_step`: batches of ``batch_size`` rows of X, Y
-        in ``order`` (int64 on this device; None: stored order), the last one partial, the
-        summed loss of all of them added to ``total[0]``. ``rates`` (host float64, one per
-        batch), when given, is each step's learning rate (a warm-up) instead of
-        ``learning_rate``; ``clip_value`` clips each gradient component (see :meth:`update`). Returns False, having done nothing,
+        (and of ``sample_weight`` (N,), when given) in ``order`` (int64 on this device;
+        None: stored order), the last one partial, the summed (weighted) loss of all of them
+        added to ``total[0]``. ``rates`` (host float64, one per batch), when given, is each
+        step's learning rate (a warm-up) instead of ``learning_rate``; ``clip_value`` clips
+        each gradient component (see :meth:`update`). Returns False, having done nothing,
         when this backend has no such path for the configuration; the Python loop then runs
         the steps one kernel at a time.
         """

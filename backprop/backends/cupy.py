@@ -50,9 +50,9 @@ from .base import Array, Backend
 
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
-           "output_delta", "matmul", "sum_splits", "column_sum", "loss", "sum_squares",
-           "clip_factor", "update", "dropout", "multiply", "take_rows", "batch_norm_stats",
-           "batch_norm_apply", "batch_norm_backward", "add")
+           "output_delta", "matmul", "sum_splits", "column_sum", "loss", "weight_norm",
+           "sum_squares", "clip_factor", "update", "dropout", "multiply", "take_rows",
+           "batch_norm_stats", "batch_norm_apply", "batch_norm_backward", "add")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: the counter kernel's C types: the graph's step number, dropout's draw number
@@ -384,8 +384,8 @@ class CuPyBackend(Backend):
             self._rng_state.set(np.array([state["key"], state["draws"]], np.uint64))
 
     def take_rows(self, X: Array, index: Array, out: Array) -> None:
-        rows, cols = out.shape
-        self._check(X.dtype, (X, (X.shape[0], cols)), (out, (rows, cols)))
+        rows, cols = out.shape if out.ndim == 2 else (out.shape[0], 1)   # 1-D: weights
+        self._check(X.dtype, (X, (X.shape[0], *out.shape[1:])), (out, out.shape))
         self._check(np.int64, (index, (rows,)))
         self._launch("take_rows", X.dtype, (blocks(rows * cols),), (THREADS,),
                      (X, index, np.uint64(0), out, np.int64(rows * cols), np.int64(rows),
@@ -416,20 +416,29 @@ class CuPyBackend(Backend):
                           np.int32(activation.code), T(activation.alpha)))
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
-                     delta: Array) -> None:
+                     delta: Array, sample_weight: Array | None = None) -> None:
         B, n = A.shape
         T = _scalar(A.dtype)
         self._check(A.dtype, (A, (B, n)), (Y, (B, n)), (delta, (B, n)))
         fused = loss.fused_with(activation)
         jacobian = activation.code == Code.SOFTMAX and not fused
         inv_batch = T(1.0 / B)
+        null = np.uint64(0)
+        weight = norm = null
+        if sample_weight is not None:      # rows scaled by w_r / Σ w before the Jacobian (linear)
+            self._check(A.dtype, (sample_weight, (B,)))
+            weight = sample_weight
+            norm = self._scratch_for("weight_norm", 1, A.dtype)
+            self._launch("weight_norm", A.dtype, (1,), (REDUCE_THREADS,),
+                         (sample_weight, np.int64(B), norm))
         self._launch("output_delta", A.dtype, (blocks(B * n),), (THREADS,),
-                     (A, Y, delta, np.int64(B * n), np.int32(activation.code),
+                     (A, Y, delta, np.int64(B * n), np.int64(n), np.int32(activation.code),
                       T(activation.alpha), np.int32(fused or jacobian),
-                      T(1) if jacobian else inv_batch))
+                      T(1) if jacobian else inv_batch, weight, norm))
         if jacobian:   # mse + softmax: a ⊙ (g - Σ g a) / B with g = ŷ - y
             self._launch("softmax_backward", A.dtype, (blocks(B),), (THREADS,),
-                         (delta, A, delta, np.int64(B), np.int64(n), inv_batch))
+                         (delta, A, delta, np.int64(B), np.int64(n),
+                          inv_batch if sample_weight is None else T(1)))
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
@@ -503,12 +512,15 @@ class CuPyBackend(Backend):
                      (delta, db, np.int64(B), np.int64(n)))
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
-             total: Array) -> None:
+             total: Array, sample_weight: Array | None = None) -> None:
         B, n = A.shape
         self._check(A.dtype, (A, (B, n)), (Z, (B, n)), (Y, (B, n)))
         self._check(np.float64, (total, (1,)))
+        if sample_weight is not None:
+            self._check(A.dtype, (sample_weight, (B,)))
         self._launch("loss", A.dtype, (1,), (REDUCE_THREADS,),
-                     (A, Z, Y, np.int64(B), np.int64(n), np.int32(loss.code), total))
+                     (A, Z, Y, np.int64(B), np.int64(n), np.int32(loss.code), total,
+                      np.uint64(0) if sample_weight is None else sample_weight))
 
     def update(self, param: Array, grad: Array, state: tuple[Array, ...],
                rule: UpdateRule) -> None:
@@ -572,9 +584,11 @@ class CuPyBackend(Backend):
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
                     l2: float, clip_norm: float | None, total: Array,
-                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
+                    clip_value: float | None = None, rates: np.ndarray | None = None,
+                    sample_weight: Array | None = None) -> bool:
         """The epoch's full batches as replays of one captured step (see the module
-        docstring), then the partial batch eagerly. False (nothing done) where graphs do not
+        docstring; sample weights are gathered in the graph like the rows of X and Y), then
+        the partial batch eagerly. False (nothing done) where graphs do not
         apply: graphs off, a product on cuBLAS (a width above ``small_width``), fewer than
         two batches, or a capture of this configuration that failed (it warns once)."""
         n = X.shape[0]
@@ -585,12 +599,14 @@ class CuPyBackend(Backend):
                         in step_products(network.layer_sizes, batch_size))
                 and self.is_native(X) and self.is_native(Y)
                 and X.flags.c_contiguous and Y.flags.c_contiguous
+                and (sample_weight is None or (self.is_native(sample_weight)
+                                               and sample_weight.flags.c_contiguous))
                 and (order is None or (self.is_native(order) and order.dtype == np.int64))
                 and hasattr(self.xp.cuda.Stream, "begin_capture")
                 and not self.xp.cuda.runtime.is_hip):
             return False
         plan = self._graph_plan(network, ws, X, Y, order is None, optimizer, learning_rate,
-                                l1, l2, clip_norm, clip_value, steps)
+                                l1, l2, clip_norm, clip_value, steps, sample_weight)
         if plan is None:
             return False
         schedule = np.empty((steps, 3), dtype=network.dtype)
@@ -614,24 +630,34 @@ class CuPyBackend(Backend):
         tail = n - steps * batch_size
         if tail:                                   # the partial batch, as run_epoch does it
             ws_tail = network.workspace(tail)
+            wb = None
             if order is None:
                 Xb, Yb = X[steps * batch_size:], Y[steps * batch_size:]
+                if sample_weight is not None:
+                    wb = sample_weight[steps * batch_size:]
             else:
                 self.take_rows(X, order[steps * batch_size:], ws_tail.X)
                 self.take_rows(Y, order[steps * batch_size:], ws_tail.Y)
                 Xb, Yb = ws_tail.X, ws_tail.Y
+                if sample_weight is not None:
+                    self.take_rows(sample_weight, order[steps * batch_size:], ws_tail.weight)
+                    wb = ws_tail.weight
             lr = learning_rate if rates is None else float(rates[steps])
-            network.train_step(ws_tail, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value)
+            network.train_step(ws_tail, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value,
+                               wb)
         return True
 
     def _graph_plan(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
                     optimizer: Any, learning_rate: float, l1: float, l2: float,
-                    clip_norm: float | None, clip_value: float | None,
-                    steps: int) -> "_GraphPlan | None":
+                    clip_norm: float | None, clip_value: float | None, steps: int,
+                    sample_weight: Array | None = None) -> "_GraphPlan | None":
         """The captured step for this configuration (captured once, kept per network)."""
         grads = network.gradients()                # allocate before capturing
         need = scratch_size(step_products(network.layer_sizes, ws.batch), self.small_width)
         scratch = [self._scratch_for("split_k", need, network.dtype)] if need else []
+        if sample_weight is not None:
+            scratch += [sample_weight, ws.weight,
+                        self._scratch_for("weight_norm", 1, network.dtype)]
         if clip_norm is not None:
             scratch.append(self._scratch_for("norm", 2 * sum(norm_blocks(g.size)
                                                          for g in network._flat_gradients()),
@@ -648,7 +674,7 @@ class CuPyBackend(Backend):
                ws.batch, stored_order, id(optimizer), repr(optimizer), optimizer.kind,
                l1, l2, clip_norm, clip_value, tuple(map(str, network.activations)),
                network.loss_function.name, steps, tuple(network.batch_norm),
-               tuple(network.residual))
+               tuple(network.residual), sample_weight is not None)
         plan = self._plans.get(network)
         if plan is not None and plan.key == key:
             return plan if plan.graph is not None else None
@@ -656,7 +682,7 @@ class CuPyBackend(Backend):
         try:
             plan = self._capture_step(network, ws, X, Y, stored_order, optimizer,
                                       learning_rate, l1, l2, clip_norm, clip_value, steps, key,
-                                      arrays)
+                                      arrays, sample_weight)
         except RuntimeError as e:                  # CUDA/CuPy refused the capture
             warnings.warn(f"CUDA graph capture failed; this configuration trains without "
                           f"graphs: {e}", RuntimeWarning, stacklevel=4)
@@ -674,7 +700,8 @@ class CuPyBackend(Backend):
     def _capture_step(self, network: Any, ws: Any, X: Array, Y: Array, stored_order: bool,
                       optimizer: Any, learning_rate: float, l1: float, l2: float,
                       clip_norm: float | None, clip_value: float | None, steps: int,
-                      key: tuple, arrays: list) -> "_GraphPlan":
+                      key: tuple, arrays: list,
+                      sample_weight: Array | None = None) -> "_GraphPlan":
         cp = self.xp
         dtype = network.dtype
         with self._device:
@@ -688,14 +715,17 @@ class CuPyBackend(Backend):
         with self._device, plan.stream:
             plan.stream.begin_capture()
             try:
-                for source, out in ((X, ws.X), (Y, ws.Y)):
-                    cols = out.shape[1]
+                gathered = [(X, ws.X), (Y, ws.Y)]
+                if sample_weight is not None:
+                    gathered.append((sample_weight, ws.weight))
+                for source, out in gathered:
+                    cols = out.shape[1] if out.ndim == 2 else 1
                     self._launch("take_rows", dtype, (blocks(rows * cols),), (THREADS,),
                                  (source, null if stored_order else plan.index, plan.step, out,
                                   np.int64(rows * cols), np.int64(rows), np.int64(cols)))
                 self._capture = (plan.schedule, plan.step)
                 network.train_step(ws, ws.X, ws.Y, optimizer, learning_rate, l1, l2, clip_norm,
-                                   clip_value)
+                                   clip_value, None if sample_weight is None else ws.weight)
                 self._launch("increment", np.int32, (1,), (1,), (plan.step,))
             finally:
                 self._capture = None

@@ -61,6 +61,8 @@ LEAKY_RELU, ELU, SOFTMAX = int(Code.LEAKY_RELU), int(Code.ELU), int(Code.SOFTMAX
 MSE, BCE, CE = _losses.MSE, _losses.BINARY_CROSS_ENTROPY, _losses.CROSS_ENTROPY
 
 _NO_ORDER = np.empty(0, dtype=np.int64)
+#: the kernels' "no sample weights" (an empty array of the batch's dtype: one compiled variant)
+_NO_WEIGHT = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 
 #: False once numba has found no writable place for its cache (then functions compile in memory)
 CACHE = True
@@ -193,18 +195,30 @@ def _forward(A_prev, W, b, code, alpha, Z, A):
 
 
 @_jit
-def _output_delta(A, Y, code, alpha, fused, delta):
-    """``delta = (ŷ - y) / B``, times σ'(a) unless the loss/activation pair is ``fused``."""
+def _output_delta(A, Y, code, alpha, fused, weight, delta):
+    """``delta = (ŷ - y) / B``, times σ'(a) unless the loss/activation pair is ``fused``;
+    with sample weights (``weight`` (B,), not empty) row i is scaled by ``w_i · (1 / Σ w)``
+    instead (Σ w in float64, its reciprocal in the dtype; 0 when Σ w = 0)."""
     B, n = A.shape
     for i in range(B):
         for j in range(n):
             delta[i, j] = A[i, j] - Y[i, j]
     if not fused:
         _backprop_activation(delta, A, code, alpha)
-    r = delta.dtype.type(1.0 / B)
+    if weight.shape[0] == 0:
+        r = delta.dtype.type(1.0 / B)
+        for i in range(B):
+            for j in range(n):
+                delta[i, j] *= r
+        return
+    total = 0.0
     for i in range(B):
+        total += float(weight[i])
+    inv = delta.dtype.type(1.0 / total if total > 0.0 else 0.0)
+    for i in range(B):
+        f = weight[i] * inv
         for j in range(n):
-            delta[i, j] *= r
+            delta[i, j] *= f
 
 
 @_jit
@@ -225,19 +239,23 @@ def _weight_grad(delta, A_prev, dW, db):
 
 
 @_jit
-def _loss(A, Z, Y, loss_code):
+def _loss(A, Z, Y, loss_code, weight):
     """``Σ_samples L(ŷ, y)`` of a batch in float64, every term formed >= 0 so that nothing
-    cancels (the cross-entropies from Z, never log(0))."""
+    cancels (the cross-entropies from Z, never log(0)); with sample weights (``weight`` (B,),
+    not empty) ``Σ_i w_i L_i``, each term times its row's weight."""
     total = 0.0
+    weighted = weight.shape[0] > 0
     for i in range(A.shape[0]):
+        w = float(weight[i]) if weighted else 1.0
         if loss_code == MSE:                           # ½ Σ (ŷ - y)²
             for j in range(A.shape[1]):
                 e = float(A[i, j]) - float(Y[i, j])
-                total += 0.5 * e * e
+                total += w * (0.5 * e * e)
         elif loss_code == BCE:                         # Σ z ([z > 0] - y) + log1p(exp(-|z|))
             for j in range(A.shape[1]):
                 z, y = float(Z[i, j]), float(Y[i, j])
-                total += (z * (1.0 - y) if z > 0.0 else -z * y) + math.log1p(math.exp(-abs(z)))
+                total += w * ((z * (1.0 - y) if z > 0.0 else -z * y)
+                              + math.log1p(math.exp(-abs(z))))
         else:                                          # Σ_j y_j ((m - z_j) + log Σ exp(z - m))
             m = float(Z[i, 0])
             for j in range(1, Z.shape[1]):
@@ -247,7 +265,7 @@ def _loss(A, Z, Y, loss_code):
                 s += math.exp(float(Z[i, j]) - m)
             lse = math.log(s)
             for j in range(Z.shape[1]):
-                total += float(Y[i, j]) * ((m - float(Z[i, j])) + lse)
+                total += w * (float(Y[i, j]) * ((m - float(Z[i, j])) + lse))
     return total
 
 
@@ -412,13 +430,14 @@ def _add(x, y, out):
 def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
                  Xb, Yb, A, Z, delta, dW, db, S1W, S1b, S2W, S2b,
                  kind, rates, momentum, nesterov, beta1, beta2, eps, t0, weight_decay, l1, l2,
-                 clip_value):
+                 clip_value, sw, wb):
     """Every mini-batch step of an epoch; returns the summed per-sample loss.
 
     ``rates[k]`` (float64) is the learning rate of step k (a linear warm-up changes it per
     step); ``clip_value`` > 0 clips each gradient component to [-clip_value, clip_value].
 
-    X (N, n_0), Y (N, n_L); ``order`` the shuffled row index (empty: stored order). W, b,
+    X (N, n_0), Y (N, n_L); ``order`` the shuffled row index (empty: stored order); ``sw``
+    the sample weights (N,) (empty: none), gathered into ``wb`` (``batch_size``,). W, b,
     A, delta, dW, db, S1*, S2* are typed lists with one array per layer; A, Z, delta, Xb,
     Yb have ``batch_size`` rows and the partial last batch uses their leading rows.
     Step k of the epoch is optimizer step t0 + k + 1 (Adam's bias corrections).
@@ -436,17 +455,25 @@ def _train_epoch(X, Y, order, batch_size, W, b, codes, alphas, loss_code, fused,
                 Yb[i, :] = Y[order[start + i]]
             x = Xb[:B]
             y = Yb[:B]
+            if sw.shape[0] > 0:
+                for i in range(B):
+                    wb[i] = sw[order[start + i]]
+                w = wb[:B]
+            else:
+                w = sw[0:0]
         else:
             x = X[start:start + B]
             y = Y[start:start + B]
+            w = sw[start:start + B] if sw.shape[0] > 0 else sw[0:0]
         # forward
         for l in range(L):
             inp = x if l == 0 else A[l - 1][:B]
             out = Z[:B] if l == L - 1 else A[l][:B]
             _forward(inp, W[l], b[l], codes[l], alphas[l], out, A[l][:B])
-        total += _loss(A[L - 1][:B], Z[:B], y, loss_code)
+        total += _loss(A[L - 1][:B], Z[:B], y, loss_code, w)
         # backward
-        _output_delta(A[L - 1][:B], y, codes[L - 1], alphas[L - 1], fused, delta[L - 1][:B])
+        _output_delta(A[L - 1][:B], y, codes[L - 1], alphas[L - 1], fused, w,
+                      delta[L - 1][:B])
         for l in range(L - 1, -1, -1):
             if l > 0:
                 _delta(delta[l][:B], W[l], A[l - 1][:B], codes[l - 1], alphas[l - 1],
@@ -482,9 +509,9 @@ class NumbaBackend(NumPyBackend):
         _forward(A_prev, W, b, int(activation.code), activation.alpha, Z, A)
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
-                     delta: Array) -> None:
+                     delta: Array, sample_weight: Array | None = None) -> None:
         _output_delta(A, Y, int(activation.code), activation.alpha, loss.fused_with(activation),
-                      delta)
+                      _NO_WEIGHT[A.dtype] if sample_weight is None else sample_weight, delta)
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
@@ -494,8 +521,9 @@ class NumbaBackend(NumPyBackend):
         _weight_grad(delta, A_prev, dW, db)
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
-             total: Array) -> None:
-        total[0] += _loss(A, Z, Y, loss.code)
+             total: Array, sample_weight: Array | None = None) -> None:
+        total[0] += _loss(A, Z, Y, loss.code,
+                          _NO_WEIGHT[A.dtype] if sample_weight is None else sample_weight)
 
     def batch_norm_forward(self, Z: Array, gamma: Array, beta: Array, running_mean: Array,
                            running_var: Array, train: bool, momentum: float, eps: float,
@@ -530,7 +558,8 @@ class NumbaBackend(NumPyBackend):
     def train_epoch(self, network: Any, X: Array, Y: Array, order: Array | None,
                     batch_size: int, optimizer: Any, learning_rate: float, l1: float,
                     l2: float, clip_norm: float | None, total: Array,
-                    clip_value: float | None = None, rates: np.ndarray | None = None) -> bool:
+                    clip_value: float | None = None, rates: np.ndarray | None = None,
+                    sample_weight: Array | None = None) -> bool:
         if (clip_norm is not None or any(network.dropout) or any(network.batch_norm)
                 or any(network.residual) or max(network.layer_sizes) > FUSED_MAX_WIDTH):
             return False
@@ -556,7 +585,8 @@ class NumbaBackend(NumPyBackend):
             loss.code, loss.fused_with(network.activations[-1]), ws.X, ws.Y, A, ws.Z, delta,
             dW, db, S1W, S1b, S2W, S2b, rule.kind, np.asarray(rates, dtype=np.float64),
             rule.momentum, rule.nesterov, rule.beta1, rule.beta2, rule.eps, t0,
-            rule.weight_decay, l1, l2, float(clip_value or 0.0))
+            rule.weight_decay, l1, l2, float(clip_value or 0.0),
+            _NO_WEIGHT[network.dtype] if sample_weight is None else sample_weight, ws.weight)
         optimizer.t = t0 + n_batches
         return True
 

@@ -155,11 +155,16 @@ class NumPyBackend(Backend):
         self._activate(Z, activation, A)
 
     def output_delta(self, A: Array, Y: Array, activation: Activation, loss: Loss,
-                     delta: Array) -> None:
+                     delta: Array, sample_weight: Array | None = None) -> None:
         np.subtract(A, Y, out=delta)
         if not loss.fused_with(activation):
             self._backprop_activation(delta, A, activation)
-        delta *= 1.0 / A.shape[0]
+        if sample_weight is None:
+            delta *= 1.0 / A.shape[0]
+            return
+        row = self._scratch((A.shape[0], 1), A.dtype, ROW)    # w_b · (1 / Σ w) per row
+        np.multiply(sample_weight.reshape(-1, 1), weight_norm(sample_weight), out=row)
+        delta *= row
 
     def delta(self, delta_next: Array, W_next: Array, A: Array, activation: Activation,
               delta: Array) -> None:
@@ -171,11 +176,14 @@ class NumPyBackend(Backend):
         np.sum(delta, axis=0, out=db)
 
     def loss(self, A: Array, Z: Array, Y: Array, activation: Activation, loss: Loss,
-             total: Array) -> None:
+             total: Array, sample_weight: Array | None = None) -> None:
         s = self._scratch(A.shape, A.dtype)              # the per-element terms, all >= 0
         if loss.code == losses.MSE:                    # ½ (ŷ - y)², squared in float64
             np.subtract(A, Y, out=s)
-            total[0] += 0.5 * self._sum_squares(s, 1.0)
+            if sample_weight is None:
+                total[0] += 0.5 * self._sum_squares(s, 1.0)
+            else:
+                total[0] += 0.5 * self._weighted_sum64(s, sample_weight, square=True)
             return
         if loss.code == losses.BINARY_CROSS_ENTROPY:   # z ([z > 0] - y) + log1p(exp(-|z|))
             t = self._scratch(A.shape, A.dtype, 1)
@@ -200,7 +208,20 @@ class NumPyBackend(Backend):
             s *= Y
         else:
             raise ValueError(f"unknown loss code {loss.code}")
-        total[0] += self._sum64(s)
+        if sample_weight is None:
+            total[0] += self._sum64(s)
+        else:
+            total[0] += self._weighted_sum64(s, sample_weight, square=False)
+
+    def _weighted_sum64(self, x: Array, weight: Array, square: bool) -> float:
+        """``Σ_b w_b Σ_j x_bj`` (``x_bj²`` when ``square``) of a batch x (B, n), every
+        product formed in float64 in a scratch, so nothing is allocated."""
+        y = self._scratch((x.size,), FLOAT64, F64).reshape(x.shape)
+        np.copyto(y, x)
+        if square:
+            y *= y
+        y *= weight.reshape(-1, 1)
+        return float(y.sum())
 
     def _sum64(self, x: Array) -> float:
         """Σ x accumulated in float64, without allocating: x is copied into a float64 scratch
@@ -374,6 +395,13 @@ class NumPyBackend(Backend):
         np.sum(delta, axis=0, out=db)
         db *= lr
         b -= db
+
+
+def weight_norm(sample_weight: Array) -> Any:
+    """``1 / Σ w`` of a batch's weights, the sum in float64, rounded to their dtype; 0 when
+    every weight is 0 (such a batch contributes no gradient instead of 0/0 = NaN)."""
+    total = float(sample_weight.sum(dtype=np.float64))
+    return sample_weight.dtype.type(1.0 / total if total > 0 else 0.0)
 
 
 def _dot64(x: np.ndarray) -> float:

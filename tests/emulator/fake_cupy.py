@@ -54,7 +54,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-BARRIER_KERNELS = ("matmul", "loss", "sum_squares", "clip_factor")   # with __syncthreads
+BARRIER_KERNELS = ("matmul", "loss", "sum_squares", "clip_factor", "weight_norm")   # with __syncthreads
 __version__ = "14.2.0 (CPU emulator)"
 
 
