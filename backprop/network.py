@@ -28,6 +28,7 @@ from .guard import CallGuard
 from .validation import check_architecture, check_dtype, check_X, check_Y
 
 if TYPE_CHECKING:
+    from .distributed import Replica
     from .training import Callback, History
 
 #: largest batch a forward pass over many samples runs at once (bounds workspace memory)
@@ -323,20 +324,36 @@ class Network:
         return ws
 
     def gradients(self) -> list[tuple[Array, Array]]:
-        """The gradient buffers ``(dW, db)`` per layer (allocated on first use, then kept)."""
+        """The gradient buffers ``(dW, db)`` per layer (allocated on first use, then kept):
+        views, in the order W1, b1, W2, b2, ..., into one contiguous buffer of
+        :attr:`n_parameters` elements (:meth:`flat_gradient`), which a data-parallel fit sums
+        across processes with a single Allreduce and no packing copy."""
         if self._grads is None:
-            be = self.backend
-            self._grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                           for W, b in zip(self.W, self.b)]
+            flat = self._flat_grad = self.backend.zeros((self.n_parameters,), self.dtype)
+            self._grads, offset = [], 0
+            for W, b in zip(self.W, self.b):
+                views = []
+                for p in (W, b):
+                    views.append(flat[offset:offset + p.size].reshape(p.shape))
+                    offset += p.size
+                self._grads.append((views[0], views[1]))
         return self._grads
+
+    def flat_gradient(self) -> Array:
+        """The one contiguous buffer (n_parameters,) that :meth:`gradients` are views of."""
+        self.gradients()
+        return self._flat_grad
 
     # ------------------------------------------------------------------ the algorithm
 
-    def _forward(self, ws: Workspace, X: Array, train: bool) -> list[Array]:
+    def _forward(self, ws: Workspace, X: Array, train: bool,
+                 replica: "Replica | None" = None) -> list[Array]:
         """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1]).
 
         ``train``: a training step's pass, which draws fresh dropout masks into ``ws.mask`` and
-        applies them; otherwise no mask is drawn, read or applied.
+        applies them; otherwise no mask is drawn, read or applied. With a data-parallel
+        ``replica`` the masks are those of the replica's rows of the global batch
+        (:meth:`backprop.distributed.Replica.dropout`).
         """
         be = self.backend
         inputs = [X]
@@ -346,7 +363,10 @@ class Network:
             be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], Z, ws.A[l])
             if l < last:
                 rate = self.dropout[l]
-                if train and rate:
+                if train and rate and replica is not None:
+                    replica.dropout(l, ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                    inputs.append(ws.dropped[l])
+                elif train and rate:
                     be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
                     inputs.append(ws.dropped[l])
                 else:
@@ -355,18 +375,23 @@ class Network:
 
     def _backward(self, ws: Workspace, inputs: list[Array], Y: Array, *, train: bool,
                   grads: list[tuple[Array, Array]] | None = None,
-                  sgd: _optimizers.UpdateRule | None = None) -> None:
+                  sgd: _optimizers.UpdateRule | None = None,
+                  replica: "Replica | None" = None) -> None:
         """δ for every layer, then the weight gradients into ``grads`` (default
         :meth:`gradients`); with an SGD ``rule`` each layer is updated in place instead (after
         its δ_{l-1} is computed).
 
         ``train``: the backward pass of a training step, whose forward pass (``train=True``)
         drew the dropout masks in ``ws``: δ of a dropped layer is multiplied by its mask.
-        Otherwise no mask is read.
+        Otherwise no mask is read. A data-parallel ``replica`` rescales the output delta from
+        its b rows' 1/b to the global batch's 1/B, so that the sum of every replica's
+        gradients is the global batch mean.
         """
         be = self.backend
         L = self.n_layers
         be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1])
+        if replica is not None:
+            be.scale(ws.delta[-1], replica.row_fraction(ws.batch))
         if grads is None:
             grads = self.gradients()
         for l in range(L - 1, -1, -1):
@@ -383,17 +408,32 @@ class Network:
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
-                   clip_norm: float | None = None) -> None:
+                   clip_norm: float | None = None, replica: "Replica | None" = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
-        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing."""
+        batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
+
+        With a data-parallel ``replica`` (:class:`backprop.distributed.Replica`) X, Y are this
+        process's rows of a global batch: the gradients are summed over every replica (one
+        Allreduce of :meth:`gradients`' one buffer) before clipping and the update.
+        """
         be = self.backend
-        inputs = self._forward(ws, X, train=True)
+        inputs = self._forward(ws, X, train=True, replica=replica)
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total)
-        if optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None:
+        if (replica is None and optimizer.kind == _optimizers.SGD_KIND and not l1
+                and clip_norm is None):
             rule_w, _ = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w)
             return
-        self._backward(ws, inputs, Y, train=True)
+        self._backward(ws, inputs, Y, train=True, replica=replica)
+        if replica is not None:
+            replica.allreduce_gradients()
+        self._apply_gradients(ws, optimizer, learning_rate, l1, l2, clip_norm)
+
+    def _apply_gradients(self, ws: Workspace, optimizer: _optimizers.Optimizer,
+                         learning_rate: float, l1: float, l2: float,
+                         clip_norm: float | None) -> None:
+        """Clip (factor into ``ws.scale``) and take the optimizer step with :meth:`gradients`."""
+        be = self.backend
         grads = [g for pair in self.gradients() for g in pair]
         scale: Any = 1.0
         if clip_norm is not None:
@@ -512,8 +552,12 @@ class Network:
             l1: float = 0.0, l2: float = 0.0, clip_norm: float | None = None,
             lr_schedule: Any = None, callbacks: Sequence["Callback"] = (),
             verbose: bool | str = False, checkpoint: str | Path | None = None,
-            on_nonfinite: str = "warn") -> "History":
+            on_nonfinite: str = "warn", distributed: bool = False, comm: Any = None,
+            shard: bool = False) -> "History":
         """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`.
+
+        ``distributed=True`` trains data-parallel over the ranks of an MPI job (``comm``,
+        ``shard``: see :mod:`backprop.distributed`).
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
         is running on this network in another thread; while fit runs, such calls from other
@@ -521,7 +565,7 @@ class Network:
         """
         from .training import fit
         with self._guard.fit():
-            if verbose in (True, "progress"):
+            if verbose in (True, "progress") and _lead(comm if distributed else False):
                 notice = self.backend.compile_notice(self.dtype)
                 if notice:
                     print(notice, flush=True)
@@ -533,12 +577,25 @@ class Network:
                            learning_rate=learning_rate, optimizer=optimizer, shuffle=shuffle,
                            seed=seed, validation_data=validation_data, l1=l1, l2=l2,
                            clip_norm=clip_norm, lr_schedule=lr_schedule, callbacks=callbacks,
-                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite)
+                           verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
+                           distributed=distributed, comm=comm, shard=shard)
             finally:
                 self._previous = {}
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _lead(comm: Any) -> bool:
+    """False on the ranks other than 0 of a distributed fit (``comm`` False: not one)."""
+    if comm is False:
+        return True
+    try:
+        if comm is None:
+            from mpi4py import MPI
+            comm = MPI.COMM_WORLD
+        return int(comm.rank) == 0
+    except Exception:       # no mpi4py, or not a communicator: fit raises the clear error
+        return True
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:
     try:
