@@ -193,6 +193,7 @@ class Network:
         self._inference: Workspace | None = None
         self._inference_rows: Workspace | None = None
         self._grads: list[tuple[Array, Array]] | None = None
+        self._flat_grad: Array | None = None   # the one buffer the _grads are views of
 
     # ------------------------------------------------------------------ parameters
 
@@ -200,7 +201,7 @@ class Network:
         be = self.backend
         self.W = [be.asarray(np.ascontiguousarray(W, dtype=self.dtype)) for W, _ in pairs]
         self.b = [be.asarray(np.ascontiguousarray(b, dtype=self.dtype)) for _, b in pairs]
-        self._grads = None
+        self._grads = self._flat_grad = None
         self.optimizer_ = None
 
     def parameters(self) -> list[Array]:

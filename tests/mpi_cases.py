@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
@@ -41,8 +42,9 @@ def network(case: dict, seed: int | None) -> Network:
     extra = {}
     if case.get("batch_norm"):
         extra["batch_norm"] = True
+    backend = case.get("backend", "numpy")
     return Network(sizes, [hidden] * (len(sizes) - 2) + [out], loss, dtype="float64",
-                   backend=case.get("backend", "numpy"), seed=seed,
+                   backend=backend, device="cuda" if backend == "cupy" else "cpu", seed=seed,
                    dropout=case.get("dropout", 0.0), **extra)
 
 
@@ -75,9 +77,14 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     # replicas built from different seeds: rank 0's parameters must be broadcast
     net = network(case, seed=case.get("net_seed", 1) + (rank if case.get("skew_init") else 0))
     extra = {} if wr is None else {"sample_weight": wr}
-    calls = []
+    calls, device_calls = [], []
     allreduce = Communicator.allreduce
     Communicator.allreduce = lambda self, buf, what: calls.append(what) or allreduce(self, buf, what)
+    nccl = sys.modules["cupy"].cuda.nccl if case.get("backend") == "cupy" else None
+    if nccl is not None:
+        nccl_allreduce = nccl.NcclCommunicator.allReduce
+        nccl.NcclCommunicator.allReduce = (lambda self, *args: device_calls.append(args[2])
+                                           or nccl_allreduce(self, *args))
     try:
         if case.get("resume_at"):   # interrupted after resume_at epochs, resumed by a new network
             path = case["checkpoint"]
@@ -88,6 +95,8 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
                           **args, **extra)
     finally:
         Communicator.allreduce = allreduce
+        if nccl is not None:
+            nccl.NcclCommunicator.allReduce = nccl_allreduce
     mine = flat(net)
     every = comm.gather(mine, root=0)
     if rank != 0:
@@ -101,11 +110,25 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
             "between_ranks": float(max(np.abs(p - mine).max() for p in every)),
             "loss": history["loss"], "ref_loss": ref_history["loss"],
             "steps": net.optimizer_.t, "ref_steps": reference.optimizer_.t,
-            "allreduces": len(calls), "epochs": args["epochs"]}
+            "allreduces": len(calls), "epochs": args["epochs"], "nccl": device_calls,
+            "n_parameters": net.n_parameters}
+
+
+def use_emulator() -> None:
+    """CuPy is tests/emulator/fake_cupy.py (its NCCL stand-in sums over MPI)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import backprop.backends as backends
+    from support import fake_cupy
+    for name, module in fake_cupy().modules().items():
+        sys.modules[name] = module
+    installed = backends.is_installed
+    backends.is_installed = lambda name: name == "cupy" or installed(name)
 
 
 def main() -> None:
     cases = json.load(open(sys.argv[1]))
+    if any(case.get("backend") == "cupy" for case in cases) and "--emulate-cuda" in sys.argv:
+        use_emulator()
     comm = MPI.COMM_WORLD
     results = []
     for case in cases:      # an error on any rank aborts the job (fit's own rule)

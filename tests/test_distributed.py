@@ -54,10 +54,10 @@ def launch(ranks: int, args: list[str], timeout: float = 120,
                           env=environment, capture_output=True, text=True, timeout=timeout)
 
 
-def run_cases(ranks: int, cases: list[dict], tmp_path: Path) -> list[dict]:
+def run_cases(ranks: int, cases: list[dict], tmp_path: Path, *options: str) -> list[dict]:
     spec, out = tmp_path / "cases.json", tmp_path / "results.json"
     spec.write_text(json.dumps(cases))
-    done = launch(ranks, [str(CASES), str(spec), str(out)])
+    done = launch(ranks, [str(CASES), str(spec), str(out), *options])
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(out.read_text())
 
@@ -68,8 +68,13 @@ def check(results: list[dict], cases: list[dict]) -> None:
         assert r["relative"] < TOLERANCE, (case, r["relative"])
         assert r["between_ranks"] == 0, (case, r["between_ranks"])      # replicas stay equal
         np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=TOLERANCE, err_msg=str(case))
-        # one gradient Allreduce per step, one for each epoch's loss: nothing per tensor
-        assert r["allreduces"] == r["steps"] + r["epochs"], case
+        # one gradient Allreduce per step over the whole buffer, one for each epoch's loss:
+        # nothing per tensor (on the cupy backend the gradients' go through NCCL)
+        if case.get("backend") == "cupy":
+            assert r["nccl"] == [r["n_parameters"]] * r["steps"], case
+            assert r["allreduces"] == r["epochs"], case
+        else:
+            assert r["nccl"] == [] and r["allreduces"] == r["steps"] + r["epochs"], case
 
 
 def trajectory_cases(backend: str) -> list[dict]:
@@ -112,6 +117,50 @@ def test_same_trajectory_numba(ranks, tmp_path):
     cases = [c for c in trajectory_cases("numba")
              if c["optimizer"] in ("sgd", "adam") or c.get("shard")]
     check(run_cases(ranks, cases, tmp_path), cases)
+
+
+@needs_mpi
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_same_trajectory_cupy_emulated_nccl(ranks, tmp_path):
+    """The cupy backend on the CPU emulator: the gradient buffer summed on the device by
+    NCCL (the emulator's cupy.cuda.nccl, which refuses host pointers), the loss over MPI;
+    the result is one process's (graph path) trajectory."""
+    from support import fake_cupy
+    if fake_cupy().compiler() is None:
+        pytest.skip("g++, which the CUDA emulator needs, is absent")
+    base = {"sizes": [5, 8, 3], "n": 37, "batch_size": 10, "backend": "cupy", "epochs": 2,
+            "skew_init": True}
+    cases = [{**base, "optimizer": "adam", "dropout": 0.3, "clip_norm": 0.5},
+             {**base, "n": 31, "optimizer": "momentum", "l2": 0.01},
+             {**base, "optimizer": "sgd", "shard": True}]
+    check(run_cases(ranks, cases, tmp_path, "--emulate-cuda"), cases)
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
+def test_emulated_nccl_refuses_what_nccl_refuses(monkeypatch):
+    """The stand-in is no looser than NCCL: device pointers only, within their allocation."""
+    from support import use_emulator
+    fake = use_emulator(monkeypatch)
+    from cupy.cuda import nccl
+    comm = nccl.NcclCommunicator(1, nccl.get_unique_id(), 0)
+    x = fake.arange(6, dtype=np.float64)
+    stream = fake.cuda.get_current_stream().ptr
+    comm.allReduce(x.data.ptr, x.data.ptr, 6, nccl.NCCL_FLOAT64, nccl.NCCL_SUM, stream)
+    np.testing.assert_array_equal(x.get(), np.arange(6.0))       # one rank: the sum is x
+    host = np.arange(6.0)
+    with pytest.raises(ValueError, match="not device memory"):
+        comm.allReduce(host.ctypes.data, host.ctypes.data, 6, nccl.NCCL_FLOAT64,
+                       nccl.NCCL_SUM, stream)
+    with pytest.raises(ValueError, match="run past the end"):
+        comm.allReduce(x.data.ptr, x.data.ptr, 7, nccl.NCCL_FLOAT64, nccl.NCCL_SUM, stream)
+    with pytest.raises(ValueError, match="allocation, the datatype says float32"):
+        comm.allReduce(x.data.ptr, x.data.ptr, 6, nccl.NCCL_FLOAT32, nccl.NCCL_SUM, stream)
+    with pytest.raises(TypeError, match="commId"):
+        nccl.NcclCommunicator(1, (1, 2), 0)
+    with pytest.raises(nccl.NcclError, match="ndev 2"):
+        nccl.NcclCommunicator(2, nccl.get_unique_id(), 0)
+    comm.destroy()
 
 
 @needs_mpi
