@@ -17,6 +17,7 @@ import numpy as np
 from mpi4py import MPI
 
 from backprop import Network
+from backprop import state as _state
 from backprop.distributed import Communicator
 
 
@@ -77,7 +78,9 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     # replicas built from different seeds: rank 0's parameters must be broadcast
     net = network(case, seed=case.get("net_seed", 1) + (rank if case.get("skew_init") else 0))
     extra = {} if wr is None else {"sample_weight": wr}
-    calls, device_calls = [], []
+    calls, device_calls, writes = [], [], []
+    write = _state.write
+    _state.write = lambda path, state: writes.append(path) or write(path, state)
     allreduce = Communicator.allreduce
     Communicator.allreduce = lambda self, buf, what: calls.append(what) or allreduce(self, buf, what)
     nccl = sys.modules["cupy"].cuda.nccl if case.get("backend") == "cupy" else None
@@ -95,10 +98,12 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
                           **args, **extra)
     finally:
         Communicator.allreduce = allreduce
+        _state.write = write
         if nccl is not None:
             nccl.NcclCommunicator.allReduce = nccl_allreduce
     mine = flat(net)
     every = comm.gather(mine, root=0)
+    written = comm.gather(len(writes), root=0)
     if rank != 0:
         return {}
     reference = network(case, seed=case.get("net_seed", 1))
@@ -111,7 +116,7 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
             "loss": history["loss"], "ref_loss": ref_history["loss"],
             "steps": net.optimizer_.t, "ref_steps": reference.optimizer_.t,
             "allreduces": len(calls), "epochs": args["epochs"], "nccl": device_calls,
-            "n_parameters": net.n_parameters}
+            "n_parameters": net.n_parameters, "writes": written}
 
 
 def use_emulator() -> None:

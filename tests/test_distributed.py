@@ -70,6 +70,9 @@ def check(results: list[dict], cases: list[dict]) -> None:
         np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=TOLERANCE, err_msg=str(case))
         # one gradient Allreduce per step over the whole buffer, one for each epoch's loss:
         # nothing per tensor (on the cupy backend the gradients' go through NCCL)
+        # rank 0 alone writes the checkpoint (at every epoch's end and the final state)
+        assert r["writes"][1:] == [0] * (len(r["writes"]) - 1), case
+        assert (r["writes"][0] > 0) == bool(case.get("checkpoint")), case
         if case.get("backend") == "cupy":
             assert r["nccl"] == [r["n_parameters"]] * r["steps"], case
             assert r["allreduces"] == r["epochs"], case
