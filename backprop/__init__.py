@@ -1,6 +1,6 @@
 """backprop: fully connected networks trained with backpropagation on CPU (NumPy, Numba) or CUDA (CuPy)."""
 
-from . import activations, init, losses, optimizers, reference
+from . import activations, distributed, init, losses, optimizers, reference
 from .backends import available_backends, get_backend, to_numpy
 from .network import Network
 from .optimizers import SGD, Adam, AdamW, Momentum, Nesterov, RMSProp
@@ -13,7 +13,7 @@ load = Network.load
 __version__ = "0.1.0"
 __all__ = [
     "Network", "load", "to_numpy", "get_backend", "available_backends",
-    "activations", "init", "losses", "optimizers", "reference",
+    "activations", "distributed", "init", "losses", "optimizers", "reference",
     "SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "AdamW",
     "History", "Callback", "EarlyStopping",
     "StepDecay", "ExponentialDecay", "InverseTimeDecay", "CosineDecay",

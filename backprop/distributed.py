@@ -213,6 +213,21 @@ class Communicator:
             raise  # pragma: no cover - Abort does not return
 
 
+def rank(comm: Any = None) -> int:
+    """This process's rank in ``comm`` (None: ``MPI.COMM_WORLD``; a :class:`Communicator`
+    too), 0 without mpi4py: what a program's own output checks, to print on rank 0 alone
+    (``if distributed.rank() == 0: print(...)``), as fit does."""
+    if isinstance(comm, Communicator):
+        return comm.rank
+    if comm is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return 0
+        comm = MPI.COMM_WORLD
+    return int(comm.Get_rank())
+
+
 def communicator(comm: Any) -> Communicator:
     """``comm`` as a :class:`Communicator` (None: ``MPI.COMM_WORLD``)."""
     return comm if isinstance(comm, Communicator) else Communicator(comm)
@@ -225,7 +240,8 @@ class Replica:
     ``n_global`` is the global data set's size N; ``n_local`` this rank's rows.
     """
 
-    def __init__(self, comm: Communicator, net: "Network", n_local: int, shard: bool) -> None:
+    def __init__(self, comm: Communicator, net: "Network", X: Any, Y: Any, shard: bool) -> None:
+        n_local = X.shape[0]
         self.comm = comm
         self.net = net
         self.shard = shard
@@ -239,6 +255,14 @@ class Replica:
                 raise ValueError(f"X: without shard=True every rank must be given the whole "
                                  f"data set, but the ranks hold {sizes} rows; pass shard=True "
                                  "to give each rank its own part")
+            # the same data everywhere: checked by float64 sums (one pass over X and Y)
+            mine = tuple(float(a.sum(dtype=np.float64)) for a in (X, Y))
+            theirs = comm.bcast_object(mine, "the broadcast of the data set's checksums")
+            if mine != theirs:
+                raise ValueError(f"X, Y: without shard=True every rank must be given the same "
+                                 f"data set, but rank {self.rank}'s sums {mine} differ from "
+                                 f"rank 0's {theirs}; pass shard=True to give each rank its "
+                                 "own part")
             self.offset = 0
             self.n_global = n_local
         self.n_local = n_local

@@ -590,13 +590,12 @@ def _lead(comm: Any) -> bool:
     """False on the ranks other than 0 of a distributed fit (``comm`` False: not one)."""
     if comm is False:
         return True
+    from .distributed import rank
     try:
-        if comm is None:
-            from mpi4py import MPI
-            comm = MPI.COMM_WORLD
-        return int(comm.rank) == 0
-    except Exception:       # no mpi4py, or not a communicator: fit raises the clear error
+        return rank(comm) == 0
+    except Exception:       # not a communicator: fit raises the clear error
         return True
+
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:
     try:

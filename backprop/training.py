@@ -398,7 +398,7 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     replica = None
     if group is not None:
         from .distributed import Replica
-        replica = Replica(group, net, X.shape[0], shard)
+        replica = Replica(group, net, X, Y, shard)
         seed = replica.agree_seed(seed)
         rng = np.random.default_rng(seed)
     val = None

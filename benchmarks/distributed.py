@@ -44,7 +44,7 @@ def worker(name: str, backend: str) -> None:
     n = batch * steps
     X, Y = net._prepare(rng.normal(size=(n, sizes[0])).astype(np.float32),
                         rng.integers(0, sizes[-1], n))
-    replica = Replica(comm, net, n, shard=False)
+    replica = Replica(comm, net, X, Y, shard=False)
     opt = optimizers.get("sgd")
     opt.reset(net.backend, net.parameters())
     replica.broadcast_state(opt)

@@ -215,6 +215,8 @@ net = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1)
 kw = dict(epochs=3, batch_size=8, learning_rate=0.1, distributed=True)
 if mode == "bad_data" and rank == 1:
     X = X[:, :3]                                  # the wrong number of features on rank 1
+if mode == "other_data" and rank == 2:
+    X = X + 1                                     # another data set, without shard=True
 if mode == "stall":
     def stall(epoch, logs):
         if rank == 1:
@@ -228,21 +230,24 @@ print("finished", rank, flush=True)
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["bad_data", "stall"])
+@pytest.mark.parametrize("mode", ["bad_data", "stall", "other_data"])
 def test_failing_rank_ends_the_job(mode, tmp_path):
     """A rank that raises (bad data on rank 1) or stalls (a collective past its timeout)
     ends every process within seconds, non-zero, with the failing rank's message."""
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     start = time.monotonic()
-    done = launch(2, [str(script), mode], timeout=60)
+    done = launch(3 if mode == "other_data" else 2, [str(script), mode], timeout=60)
     seconds = time.monotonic() - start
     assert done.returncode != 0
     assert "finished" not in done.stdout
     assert seconds < 30, seconds
     if mode == "bad_data":
         assert "rank 1 of 2 raised" in done.stderr
-        assert "X: expected 4 features" in done.stderr or "X:" in done.stderr, done.stderr
+        assert "ValueError: X: expected 4 features per sample" in done.stderr, done.stderr
+    elif mode == "other_data":
+        assert "rank 2 of 3 raised" in done.stderr
+        assert "every rank must be given the same data set, but rank 2's sums" in done.stderr
     else:
         assert "rank 0 of 2" in done.stderr and "timeout of 1.5 s" in done.stderr, done.stderr
         assert "TimeoutError" in done.stderr
@@ -300,6 +305,14 @@ def test_one_rank_equals_plain_fit(backend):
 
     np.testing.assert_allclose(run(distributed=True, comm=MPI.COMM_SELF), run(),
                                rtol=0, atol=1e-14)
+
+
+def test_rank_without_a_job():
+    from backprop.distributed import rank
+    assert rank() == 0                 # one process: rank 0 of COMM_WORLD, or no mpi4py at all
+    if HAVE_MPI4PY:
+        from mpi4py import MPI
+        assert rank(MPI.COMM_SELF) == 0
 
 
 def test_batch_slice_partitions():
