@@ -364,11 +364,11 @@ class Network:
             be.forward(inputs[l], self.W[l], self.b[l], self.activations[l], Z, ws.A[l])
             if l < last:
                 rate = self.dropout[l]
-                if train and rate and replica is not None:
-                    replica.dropout(l, ws.A[l], rate, ws.mask[l], ws.dropped[l])
-                    inputs.append(ws.dropped[l])
-                elif train and rate:
-                    be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                if train and rate:
+                    if replica is None:
+                        be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                    else:
+                        replica.dropout(l, ws.A[l], rate, ws.mask[l], ws.dropped[l])
                     inputs.append(ws.dropped[l])
                 else:
                     inputs.append(ws.A[l])

@@ -79,15 +79,25 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     net = network(case, seed=case.get("net_seed", 1) + (rank if case.get("skew_init") else 0))
     extra = {} if wr is None else {"sample_weight": wr}
     calls, device_calls, writes = [], [], []
-    write = _state.write
-    _state.write = lambda path, state: writes.append(path) or write(path, state)
-    allreduce = Communicator.allreduce
-    Communicator.allreduce = lambda self, buf, what: calls.append(what) or allreduce(self, buf, what)
+    write, allreduce = _state.write, Communicator.allreduce
+
+    def counted_write(path, state):
+        writes.append(path)
+        write(path, state)
+
+    def counted_allreduce(self, buf, what):
+        calls.append(what)
+        allreduce(self, buf, what)
+
+    _state.write, Communicator.allreduce = counted_write, counted_allreduce
     nccl = sys.modules["cupy"].cuda.nccl if case.get("backend") == "cupy" else None
     if nccl is not None:
         nccl_allreduce = nccl.NcclCommunicator.allReduce
-        nccl.NcclCommunicator.allReduce = (lambda self, *args: device_calls.append(args[2])
-                                           or nccl_allreduce(self, *args))
+
+        def counted_nccl(self, *args):
+            device_calls.append(args[2])             # the count of elements summed
+            nccl_allreduce(self, *args)
+        nccl.NcclCommunicator.allReduce = counted_nccl
     try:
         if case.get("resume_at"):   # interrupted after resume_at epochs, resumed by a new network
             path = case["checkpoint"]
