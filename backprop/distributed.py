@@ -242,6 +242,12 @@ class Replica:
 
     def __init__(self, comm: Communicator, net: "Network", X: Any, Y: Any, shard: bool) -> None:
         n_local = X.shape[0]
+        if any(getattr(net, "batch_norm", None) or ()):
+            # until its batch sums go through allreduce(), each rank would normalise by its
+            # own rows' statistics: another trajectory than one process's, silently
+            raise NotImplementedError("distributed: batch normalization's statistics are not "
+                                      "synchronised across ranks yet (Replica.allreduce is "
+                                      "the hook); train with batch_norm=False")
         self.comm = comm
         self.net = net
         self.shard = shard

@@ -341,3 +341,26 @@ def test_gradients_are_views_of_one_buffer(backend):
             assert address(g) == address(flat) + offset * flat.itemsize
             offset += g.size
     assert offset == net.n_parameters
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
+def test_timeout_default_and_deadline(monkeypatch):
+    """The timeout: the environment's, else 300 s; a wait past it raises TimeoutError naming
+    the collective, the rank and how to change it."""
+    from mpi4py import MPI
+
+    from backprop.distributed import DEFAULT_TIMEOUT, TIMEOUT_ENV, Communicator
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert Communicator(MPI.COMM_SELF).timeout == DEFAULT_TIMEOUT == 300
+    monkeypatch.setenv(TIMEOUT_ENV, "0.2")
+    comm = Communicator(MPI.COMM_SELF)
+    assert comm.timeout == 0.2
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"rank 0 of 1: the test's wait did not complete "
+                       r"within the timeout of 0.2 s.*BACKPROP_DISTRIBUTED_TIMEOUT"):
+        comm.poll(lambda: False, "the test's wait")
+    assert 0.2 <= time.monotonic() - start < 5
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match="BACKPROP_DISTRIBUTED_TIMEOUT: expected a number"):
+        Communicator(MPI.COMM_SELF)
+    assert Communicator(MPI.COMM_SELF, timeout=7).timeout == 7.0
