@@ -261,14 +261,14 @@ class Replica:
                 raise ValueError(f"X: without shard=True every rank must be given the whole "
                                  f"data set, but the ranks hold {sizes} rows; pass shard=True "
                                  "to give each rank its own part")
-            # the same data everywhere: checked by float64 sums (one pass over X and Y)
-            mine = tuple(float(a.sum(dtype=np.float64)) for a in (X, Y))
+            # the same data everywhere, in the same order: checked by float64 checksums
+            mine = _checksums(net.backend, X) + _checksums(net.backend, Y)
             theirs = comm.bcast_object(mine, "the broadcast of the data set's checksums")
             if mine != theirs:
                 raise ValueError(f"X, Y: without shard=True every rank must be given the same "
-                                 f"data set, but rank {self.rank}'s sums {mine} differ from "
-                                 f"rank 0's {theirs}; pass shard=True to give each rank its "
-                                 "own part")
+                                 f"data set, but rank {self.rank}'s checksums {mine} differ "
+                                 f"from rank 0's {theirs}; pass shard=True to give each rank "
+                                 "its own part")
             self.offset = 0
             self.n_global = n_local
         self.n_local = n_local
@@ -437,6 +437,14 @@ class Replica:
         if self.size > 1:
             self.comm.allreduce(value, "the Allreduce of the epoch's loss")
         return float(value[0])
+
+
+def _checksums(be: Any, A: Any) -> tuple[float, float]:
+    """``(Σ a, Σ_i (i + 1) Σ_j a_ij)`` of a device array in float64: equal data sets give
+    equal sums; the row-weighted one also tells the rows' order apart."""
+    rows = A.reshape(A.shape[0], -1).sum(axis=1, dtype=np.float64)
+    weights = be.asarray(np.arange(1, A.shape[0] + 1, dtype=np.float64))
+    return float(rows.sum()), float((rows * weights).sum())
 
 
 _NCCL_TYPES = {"float32": lambda nccl: nccl.NCCL_FLOAT32,

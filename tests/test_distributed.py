@@ -216,7 +216,7 @@ kw = dict(epochs=3, batch_size=8, learning_rate=0.1, distributed=True)
 if mode == "bad_data" and rank == 1:
     X = X[:, :3]                                  # the wrong number of features on rank 1
 if mode == "other_data" and rank == 2:
-    X = X + 1                                     # another data set, without shard=True
+    X = X[::-1]                                   # the rows in another order, without shard
 if mode == "stall":
     def stall(epoch, logs):
         if rank == 1:
@@ -247,7 +247,7 @@ def test_failing_rank_ends_the_job(mode, tmp_path):
         assert "ValueError: X: expected 4 features per sample" in done.stderr, done.stderr
     elif mode == "other_data":
         assert "rank 2 of 3 raised" in done.stderr
-        assert "every rank must be given the same data set, but rank 2's sums" in done.stderr
+        assert "every rank must be given the same data set, but rank 2's checksums" in done.stderr
     else:
         assert "rank 0 of 2" in done.stderr and "timeout of 1.5 s" in done.stderr, done.stderr
         assert "TimeoutError" in done.stderr
