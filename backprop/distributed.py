@@ -42,13 +42,17 @@ The rules, in the order a fit applies them:
   collective waits at most ``timeout`` seconds (polling a non-blocking MPI request), then
   raises TimeoutError (and so aborts the job). With one rank nothing is aborted: the
   exception propagates as without ``distributed``.
-* **GPUs**: on the cupy backend the gradient buffer is summed on the device by NCCL
-  (``cupy.cuda.nccl``; the unique id is broadcast over MPI), on the current stream, no copy
-  through the host. The step's CUDA graph path (:meth:`CuPyBackend.train_epoch`) is not used
-  when distributed: NCCL calls can be captured, but a hung peer would then hang the replay
-  with no deadline the host can watch; the eager step keeps the host in the loop. The NCCL
-  deadline is watched once per epoch, when the loss is read (an event polled against
-  ``timeout``).
+* **GPUs**: each rank trains on a GPU of its own (``device=f"cuda:{local_rank}"``: NCCL
+  refuses two ranks on one GPU). On the cupy backend the gradient buffer is summed on the
+  device by NCCL (``cupy.cuda.nccl``; the unique id is broadcast over MPI), on the stream the
+  step's kernels run on, with no copy through the host. The deadline of the NCCL calls is
+  watched once per epoch, when the loss is read (an event polled against ``timeout``). The
+  step's CUDA-graph path (:meth:`CuPyBackend.train_epoch`) is bypassed when distributed:
+  NCCL calls can be captured, but a replica's step is not one fixed shape (the uneven last
+  batch, ``shard``'s varying row counts), its dropout slices the global masks with array
+  copies a capture does not record, and the emulator cannot record NCCL in a graph, so the
+  captured variant could not be tested here. The eager step costs its kernel launches
+  (see benchmarks/results/2vcpu-intel-xeon/distributed.md).
 
 Hooks for what other parts add (the interface they use): :meth:`Replica.allreduce` sums any
 buffer of the backend's device across ranks (batch normalization's per-feature batch sums in
@@ -310,6 +314,12 @@ class Replica:
         if be.name == "cupy" and self.size > 1 and self._nccl is None:
             self._nccl, self._nccl_dtype = _nccl_communicator(self.comm, be, flat.dtype)
 
+    def close(self) -> None:
+        """Release the NCCL communicator (at the end of the fit, on every rank)."""
+        if self._nccl is not None:
+            nccl, self._nccl = self._nccl, None
+            nccl.destroy()
+
     # ------------------------------------------------------------------ the step's hooks
 
     def row_fraction(self, rows: int) -> float:
@@ -325,10 +335,11 @@ class Replica:
             return
         if self._nccl is not None:
             from cupy.cuda import nccl
-            stream = be.xp.cuda.get_current_stream()
-            self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
-                                 _NCCL_TYPES[np.dtype(buf.dtype).name](nccl), nccl.NCCL_SUM,
-                                 stream.ptr)
+            with be._device:                 # the stream the step's kernels run on
+                stream = be.xp.cuda.get_current_stream()
+                self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                     _NCCL_TYPES[np.dtype(buf.dtype).name](nccl), nccl.NCCL_SUM,
+                                     stream.ptr)
             return
         self.comm.allreduce(buf, what)
 
@@ -430,8 +441,9 @@ class Replica:
         NCCL the device work queued before it is awaited against the deadline first."""
         be = self.net.backend
         if self._nccl is not None:
-            event = be.xp.cuda.Event()
-            event.record()
+            with be._device:
+                event = be.xp.cuda.Event()
+                event.record()
             self.comm.poll(lambda: event.done, "the epoch's NCCL gradient Allreduces")
         value = np.array([float(be.to_numpy(total)[0])], dtype=np.float64)
         if self.size > 1:

@@ -501,6 +501,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
         finally:
             if bar is not None:
                 bar.close()
+            if replica is not None:
+                replica.close()
         _train_end(callbacks, net, history)
         if path and lead:   # the final state: after a stop, a rollback or a restored best epoch
             _state.write(path, _state.capture(net))
