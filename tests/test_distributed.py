@@ -224,7 +224,15 @@ if mode == "stall":
     kw.update(callbacks=[stall], comm=Communicator(timeout=1.5))
 if mode == "verbose":
     kw.update(verbose=True)
+if mode == "split":                               # ranks 0, 1 train together, rank 2 alone
+    kw.update(comm=MPI.COMM_WORLD.Split(0 if rank < 2 else 1, rank), seed=3)
+    X = X * (2 if rank == 2 else 1)               # its own data: one world would refuse it
 net.fit(X, Y, **kw)
+if mode == "split":
+    one = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1)
+    one.fit(X, Y, epochs=3, batch_size=8, learning_rate=0.1, seed=3)
+    print("difference", rank, max(float(abs(a - b).max()) for pair, other in
+          zip(net.get_parameters(), one.get_parameters()) for a, b in zip(pair, other)))
 print("finished", rank, flush=True)
 """
 
@@ -261,6 +269,19 @@ def test_only_rank_zero_prints(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("epoch 1/3") == 1 and done.stdout.count("epoch 3/3") == 1
     assert sorted(done.stdout.split("finished")[1:]) != []
+
+
+@needs_mpi
+def test_comm_names_the_ranks(tmp_path):
+    """comm= a communicator split from COMM_WORLD: ranks 0 and 1 train one network over it,
+    rank 2 alone over its own; each ends as one process's fit (float32 rounding)."""
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    done = launch(3, [str(script), "split"], timeout=60)
+    assert done.returncode == 0, done.stderr
+    differences = {int(r): float(d) for _, r, d in (line.split() for line in
+                   done.stdout.splitlines() if line.startswith("difference"))}
+    assert sorted(differences) == [0, 1, 2] and max(differences.values()) < 1e-5, differences
 
 
 # ---------------------------------------------------------------- in one process
