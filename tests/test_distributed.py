@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,10 @@ def test_same_trajectory_numba(ranks, tmp_path):
     """The numba backend's fused epoch is bypassed when distributed: the step-wise path with
     the Allreduce gives the trajectory of one process's (fused or not) fit."""
     pytest.importorskip("numba")
+    warm = Network([2, 3, 2], ["tanh", "softmax"], "cross_entropy", dtype="float64",
+                   backend="numba", dropout=0.5)    # compiled (or loaded) here, once: the
+    warm.fit(np.zeros((4, 2)), np.zeros(4, int), epochs=1, batch_size=2,   # ranks load it
+             learning_rate=0.1, optimizer="adam", clip_norm=1.0)
     cases = [c for c in trajectory_cases("numba")
              if c["optimizer"] in ("sgd", "adam") or c.get("shard")]
     check(run_cases(ranks, cases, tmp_path), cases)
@@ -211,7 +216,7 @@ rank = MPI.COMM_WORLD.Get_rank()
 mode = sys.argv[1]
 rng = np.random.default_rng(0)
 X, Y = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
-net = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1)
+net = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1, backend="numpy")
 kw = dict(epochs=3, batch_size=8, learning_rate=0.1, distributed=True)
 if mode == "bad_data" and rank == 1:
     X = X[:, :3]                                  # the wrong number of features on rank 1
@@ -229,10 +234,11 @@ if mode == "split":                               # ranks 0, 1 train together, r
     X = X * (2 if rank == 2 else 1)               # its own data: one world would refuse it
 net.fit(X, Y, **kw)
 if mode == "split":
-    one = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1)
+    one = Network([4, 6, 3], ["tanh", "softmax"], "cross_entropy", seed=1, backend="numpy")
     one.fit(X, Y, epochs=3, batch_size=8, learning_rate=0.1, seed=3)
     print("difference", rank, max(float(abs(a - b).max()) for pair, other in
-          zip(net.get_parameters(), one.get_parameters()) for a, b in zip(pair, other)))
+          zip(net.get_parameters(), one.get_parameters()) for a, b in zip(pair, other)),
+          flush=True)
 print("finished", rank, flush=True)
 """
 
@@ -279,9 +285,10 @@ def test_comm_names_the_ranks(tmp_path):
     script.write_text(SCRIPT)
     done = launch(3, [str(script), "split"], timeout=60)
     assert done.returncode == 0, done.stderr
-    differences = {int(r): float(d) for _, r, d in (line.split() for line in
-                   done.stdout.splitlines() if line.startswith("difference"))}
-    assert sorted(differences) == [0, 1, 2] and max(differences.values()) < 1e-5, differences
+    differences = {int(r): float(d) for r, d in re.findall(r"difference (\d) (\S+)\n",
+                                                            done.stdout)}
+    assert sorted(differences) == [0, 1, 2], done.stdout + done.stderr
+    assert max(differences.values()) < 1e-5, differences
 
 
 # ---------------------------------------------------------------- in one process
