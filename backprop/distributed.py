@@ -331,8 +331,6 @@ class Replica:
         """``buf ← Σ_ranks buf`` in place, for a contiguous array on the network's device
         (NCCL on the device for cupy; MPI on host memory otherwise)."""
         be = self.net.backend
-        if self.size == 1:
-            return
         if self._nccl is not None:
             from cupy.cuda import nccl
             with be._device:                 # the stream the step's kernels run on
@@ -341,7 +339,8 @@ class Replica:
                                      _NCCL_TYPES[np.dtype(buf.dtype).name](nccl), nccl.NCCL_SUM,
                                      stream.ptr)
             return
-        self.comm.allreduce(buf, what)
+        if self.size > 1:
+            self.comm.allreduce(buf, what)
 
     def allreduce_gradients(self) -> None:
         """Sum the gradient buffer over the ranks: one Allreduce per step."""

@@ -128,12 +128,12 @@ def test_same_trajectory_numba(ranks, tmp_path):
 
 
 @needs_mpi
-@pytest.mark.gpu
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_same_trajectory_cupy_emulated_nccl(ranks, tmp_path):
     """The cupy backend on the CPU emulator: the gradient buffer summed on the device by
     NCCL (the emulator's cupy.cuda.nccl, which refuses host pointers), the loss over MPI;
-    the result is one process's (graph path) trajectory."""
+    the result is one process's (graph path) trajectory. Always emulated (one GPU cannot host
+    two NCCL ranks), so not marked gpu: CI's work, not ci/gpu.sh's."""
     from support import fake_cupy
     if fake_cupy().compiler() is None:
         pytest.skip("g++, which the CUDA emulator needs, is absent")
@@ -143,6 +143,35 @@ def test_same_trajectory_cupy_emulated_nccl(ranks, tmp_path):
              {**base, "n": 31, "optimizer": "momentum", "l2": 0.01},
              {**base, "optimizer": "sgd", "shard": True}]
     check(run_cases(ranks, cases, tmp_path, "--emulate-cuda"), cases)
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
+def test_nccl_allreduce_on_the_device(backend):
+    """The replica's NCCL path on one rank (on the GPU under ci/gpu.sh, else the emulator):
+    the device buffer summed in place (one rank: unchanged), the epoch's event awaited, the
+    communicator destroyed."""
+    if backend != "cupy":
+        pytest.skip("NCCL is the cupy backend's")
+    from mpi4py import MPI
+
+    from backprop.distributed import Communicator, Replica, _nccl_communicator
+    net = make_network("cupy", [3, 4, 2], ["tanh", "identity"], "mse", dtype="float64")
+    X, Y = net._prepare(np.ones((5, 3)), np.zeros((5, 2)))
+    comm = Communicator(MPI.COMM_SELF)
+    replica = Replica(comm, net, X, Y, shard=False)
+    try:
+        replica._nccl, replica._nccl_dtype = _nccl_communicator(comm, net.backend, net.dtype)
+    except ImportError as e:
+        pytest.skip(str(e))
+    flat = net.flat_gradient()
+    values = np.arange(net.n_parameters, dtype=np.float64)
+    net.backend.copy(net.backend.asarray(values), flat)
+    replica.allreduce_gradients()
+    np.testing.assert_array_equal(net.backend.to_numpy(flat), values)
+    total = net.backend.asarray(np.array([2.5]))
+    assert replica.epoch_total(total) == 2.5
+    replica.close()
+    assert replica._nccl is None
 
 
 @pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
