@@ -7,6 +7,7 @@ reporting JSON; they are skipped, with the reason, where mpi4py or mpiexec is mi
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import os
@@ -26,11 +27,7 @@ from support import make_network
 ROOT = Path(__file__).resolve().parents[1]
 CASES = Path(__file__).with_name("mpi_cases.py")
 
-try:
-    import mpi4py  # noqa: F401
-    HAVE_MPI4PY = True
-except ImportError:
-    HAVE_MPI4PY = False
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 
 
 def _mpiexec() -> str | None:
