@@ -30,6 +30,7 @@ from .validation import (check_architecture, check_dtype, check_sample_weight, c
 
 if TYPE_CHECKING:
     from .diagnostics import Diagnosis
+    from .distributed import Replica
     from .training import Callback, History
 
 #: largest batch a forward pass over many samples runs at once (bounds workspace memory)
@@ -253,6 +254,7 @@ class Network:
         self._inference_rows: Workspace | None = None
         self._grads: list[tuple[Array, Array]] | None = None
         self._bn_grads: list[tuple[Array, Array] | None] | None = None
+        self._flat_grad: Array | None = None   # the one buffer both are views of
 
     # ------------------------------------------------------------------ parameters
 
@@ -260,7 +262,7 @@ class Network:
         be = self.backend
         self.W = [be.asarray(np.ascontiguousarray(W, dtype=self.dtype)) for W, _ in pairs]
         self.b = [be.asarray(np.ascontiguousarray(b, dtype=self.dtype)) for _, b in pairs]
-        self._grads = None
+        self._grads = self._bn_grads = self._flat_grad = None
         self.optimizer_ = None
 
     def _init_batch_norm(self) -> None:
@@ -273,7 +275,7 @@ class Network:
         self.beta = [be.zeros((n,), dt) if f else None for n, f in hidden]
         self.running_mean = [be.zeros((n,), dt) if f else None for n, f in hidden]
         self.running_var = [be.asarray(np.ones(n, dt)) if f else None for n, f in hidden]
-        self._bn_grads = None
+        self._grads = self._bn_grads = self._flat_grad = None
 
     def parameters(self) -> list[Array]:
         """The parameter arrays on the device, flat: W1, b1, W2, b2, ..., WL, bL, then γ, β
@@ -437,18 +439,29 @@ class Network:
         return ws
 
     def gradients(self) -> list[tuple[Array, Array]]:
-        """The gradient buffers ``(dW, db)`` per layer (allocated on first use, then kept)."""
+        """The gradient buffers ``(dW, db)`` per layer (allocated on first use, then kept):
+        views into one contiguous buffer of :attr:`n_parameters` elements
+        (:meth:`flat_gradient`), in the order of :meth:`parameters` (W1, b1, ..., WL, bL,
+        then batch normalization's dγ, dβ, :meth:`batch_norm_gradients`), which a
+        data-parallel fit sums across processes with a single Allreduce and no packing copy."""
         if self._grads is None:
-            be = self.backend
-            self._grads = [(be.empty(W.shape, self.dtype), be.empty(b.shape, self.dtype))
-                           for W, b in zip(self.W, self.b)]
+            params = self.parameters()
+            flat = self.backend.zeros((sum(p.size for p in params),), self.dtype)
+            views, offset = [], 0
+            for p in params:
+                views.append(flat[offset:offset + p.size].reshape(p.shape))
+                offset += p.size
+            L = self.n_layers
+            rest = iter(views[2 * L:])
+            self._bn_grads = [None if g is None else (next(rest), next(rest)) for g in self.gamma]
+            self._grads = [(views[2 * l], views[2 * l + 1]) for l in range(L)]
+            self._flat_grad = flat
         return self._grads
 
     def batch_norm_gradients(self) -> list[tuple[Array, Array] | None]:
         """The gradient buffers ``(dγ, dβ)`` per hidden layer, None without batch
-        normalization (allocated on first use, then kept)."""
-        if self._bn_grads is None:
-            self._bn_grads = self._new_bn_grads()
+        normalization: views into :meth:`flat_gradient`'s tail (see :meth:`gradients`)."""
+        self.gradients()
         return self._bn_grads
 
     def _new_bn_grads(self) -> list[tuple[Array, Array] | None]:
@@ -461,16 +474,25 @@ class Network:
         return ([g for pair in self.gradients() for g in pair]
                 + [g for pair in self.batch_norm_gradients() if pair is not None for g in pair])
 
+    def flat_gradient(self) -> Array:
+        """The one contiguous buffer (n_parameters,) that :meth:`gradients` and
+        :meth:`batch_norm_gradients` are views of, in the order of :meth:`parameters`."""
+        self.gradients()
+        return self._flat_grad
+
     # ------------------------------------------------------------------ the algorithm
 
     def _forward(self, ws: Workspace, X: Array, train: bool,
-                 batch_stats: bool | None = None) -> list[Array]:
+                 batch_stats: bool | None = None,
+                 replica: "Replica | None" = None) -> list[Array]:
         """Forward propagation into ``ws``; returns the input of every layer (a[0..L-1]).
 
         ``train``: a training step's pass, which draws fresh dropout masks into ``ws.mask`` and
         applies them, and updates batch normalization's running statistics; otherwise no mask
         is drawn, read or applied and no running statistic changes. ``batch_stats`` (default:
         ``train``): batch normalization uses the batch's statistics (else the running ones).
+        With a data-parallel ``replica`` the masks are those of the replica's rows of the
+        global batch (:meth:`backprop.distributed.Replica.dropout`).
         """
         be = self.backend
         inputs = [X]
@@ -495,7 +517,10 @@ class Network:
                 be.add(out, inputs[l], ws.A[l])
             rate = self.dropout[l]
             if train and rate:
-                be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                if replica is None:
+                    be.dropout(ws.A[l], rate, ws.mask[l], ws.dropped[l])
+                else:
+                    replica.dropout(l, ws.A[l], rate, ws.mask[l], ws.dropped[l])
                 inputs.append(ws.dropped[l])
             else:
                 inputs.append(ws.A[l])
@@ -505,7 +530,8 @@ class Network:
                   grads: list[tuple[Array, Array]] | None = None,
                   bn_grads: list[tuple[Array, Array] | None] | None = None,
                   sgd: _optimizers.UpdateRule | None = None,
-                  sample_weight: Array | None = None) -> None:
+                  sample_weight: Array | None = None,
+                  replica: "Replica | None" = None) -> None:
         """δ for every layer, then the weight gradients into ``grads`` (default
         :meth:`gradients`) and batch normalization's into ``bn_grads`` (default
         :meth:`batch_norm_gradients`); with an SGD ``rule`` each layer's W and b are updated
@@ -516,12 +542,16 @@ class Network:
         Otherwise no mask is read. Batch normalization is differentiated through the batch
         statistics, so the forward pass must have used them (``batch_stats``).
         ``sample_weight`` (B,): the gradient of the batch's weighted mean loss (see
-        :mod:`backprop.backends.base`).
+        :mod:`backprop.backends.base`). A data-parallel ``replica`` rescales the output delta
+        from its b rows' 1/b to the global batch's 1/B, so that the sum of every replica's
+        gradients is the global batch mean.
         """
         be = self.backend
         L = self.n_layers
         be.output_delta(ws.A[-1], Y, self.activations[-1], self.loss_function, ws.delta[-1],
                         sample_weight)
+        if replica is not None:
+            be.scale(ws.delta[-1], replica.row_fraction(ws.batch))
         if grads is None:
             grads = self.gradients()
         if bn_grads is None and any(self.batch_norm):
@@ -569,20 +599,26 @@ class Network:
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,
                    learning_rate: float, l1: float = 0.0, l2: float = 0.0,
                    clip_norm: float | None = None, clip_value: float | None = None,
-                   sample_weight: Array | None = None) -> None:
+                   sample_weight: Array | None = None,
+                   replica: "Replica | None" = None) -> None:
         """One mini-batch step on device arrays ``X`` (B, n_0), ``Y`` (B, n_L) of ``ws``'s
         batch size: forward, loss (added to ``ws.total``), backward, update. Allocates nothing.
         ``sample_weight`` (B,): the step descends the batch's weighted mean loss
         ``Σ w_b L_b / Σ w_b`` and ``ws.total`` gains ``Σ w_b L_b``.
 
         Clipping: the gradient is scaled to global L2 norm ``clip_norm`` first (the norm of
-        the unclipped gradient), then each component clipped to [-clip_value, clip_value]."""
+        the unclipped gradient), then each component clipped to [-clip_value, clip_value].
+
+        With a data-parallel ``replica`` (:class:`backprop.distributed.Replica`) X, Y are this
+        process's rows of a global batch: the gradients are summed over every replica (one
+        Allreduce of :meth:`flat_gradient`) before clipping and the update.
+        """
         be = self.backend
-        inputs = self._forward(ws, X, train=True)
+        inputs = self._forward(ws, X, train=True, replica=replica)
         be.loss(ws.A[-1], ws.Z, Y, self.activations[-1], self.loss_function, ws.total,
                 sample_weight)
-        if (optimizer.kind == _optimizers.SGD_KIND and not l1 and clip_norm is None
-                and clip_value is None):
+        if (replica is None and optimizer.kind == _optimizers.SGD_KIND and not l1
+                and clip_norm is None and clip_value is None):
             rule_w, rule_b = optimizer.rules(learning_rate, l2=l2)
             self._backward(ws, inputs, Y, train=True, sgd=rule_w, sample_weight=sample_weight)
             if self._frozen:                         # γ, β: the biases' rule
@@ -590,7 +626,17 @@ class Network:
                                 self._flat_gradients()[2 * self.n_layers:]):
                     be.update(p, g, (), rule_b)
             return
-        self._backward(ws, inputs, Y, train=True, sample_weight=sample_weight)
+        self._backward(ws, inputs, Y, train=True, sample_weight=sample_weight, replica=replica)
+        if replica is not None:
+            replica.allreduce_gradients()
+        self._apply_gradients(ws, optimizer, learning_rate, l1, l2, clip_norm, clip_value)
+
+    def _apply_gradients(self, ws: Workspace, optimizer: _optimizers.Optimizer,
+                         learning_rate: float, l1: float, l2: float,
+                         clip_norm: float | None, clip_value: float | None) -> None:
+        """Clip (the norm's factor into ``ws.scale``) and take the optimizer step with every
+        gradient (:meth:`_flat_gradients`)."""
+        be = self.backend
         grads = self._flat_gradients()
         scale: Any = 1.0
         if clip_norm is not None:
@@ -779,10 +825,15 @@ class Network:
             verbose: bool | str = False, checkpoint: str | Path | None = None,
             on_nonfinite: str = "warn", clip_value: float | None = None,
             warmup_steps: int = 0, diagnostics: bool = False, sample_weight: Any = None,
-            validation_split: float = 0.0) -> "History":
+            validation_split: float = 0.0, distributed: bool = False, comm: Any = None,
+            shard: bool = False) -> "History":
         """Mini-batch gradient descent, as in the seeds; see :func:`backprop.training.fit`
         (``sample_weight``: per-sample weights, each step descending its batch's weighted
-        mean loss; ``validation_split``: the last fraction of the rows held out, as Keras).
+        mean loss; ``validation_split``: the last fraction of the rows held out, as Keras;
+        ``distributed``: data-parallel over MPI, see :mod:`backprop.distributed`).
+
+        ``distributed=True`` trains data-parallel over the ranks of an MPI job (``comm``,
+        ``shard``: see :mod:`backprop.distributed`).
 
         Raises RuntimeError, before any work, when another call (predict, evaluate, fit...)
         is running on this network in another thread; while fit runs, such calls from other
@@ -790,7 +841,7 @@ class Network:
         """
         from .training import fit
         with self._guard.fit():
-            if verbose in (True, "progress"):
+            if verbose in (True, "progress") and _lead(comm if distributed else False):
                 notice = self.backend.compile_notice(self.dtype)
                 if notice:
                     print(notice, flush=True)
@@ -805,7 +856,8 @@ class Network:
                            verbose=verbose, checkpoint=checkpoint, on_nonfinite=on_nonfinite,
                            clip_value=clip_value, warmup_steps=warmup_steps,
                            diagnostics=diagnostics, sample_weight=sample_weight,
-                           validation_split=validation_split)
+                           validation_split=validation_split, distributed=distributed,
+                           comm=comm, shard=shard)
             finally:
                 self._previous = {}
 
@@ -823,6 +875,17 @@ class Gradients(list):
 def weight_sum(backend: Backend, w: Array) -> float:
     """``Σ w`` in float64 (one read from the device)."""
     return float(backend.to_numpy(w.sum(dtype=np.float64)))
+
+
+def _lead(comm: Any) -> bool:
+    """False on the ranks other than 0 of a distributed fit (``comm`` False: not one)."""
+    if comm is False:
+        return True
+    from .distributed import rank
+    try:
+        return rank(comm) == 0
+    except Exception:       # not a communicator: fit raises the clear error
+        return True
 
 
 def _check_layer_sizes(layer_sizes: Any) -> list[int]:

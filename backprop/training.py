@@ -436,7 +436,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         verbose: bool | str = False, checkpoint: str | os.PathLike[str] | None = None,
         on_nonfinite: str = "warn", clip_value: float | None = None,
         warmup_steps: int = 0, diagnostics: bool = False, sample_weight: Any = None,
-        validation_split: float = 0.0) -> History:
+        validation_split: float = 0.0, distributed: bool = False, comm: Any = None,
+        shard: bool = False) -> History:
     """Train ``net`` by mini-batch gradient descent and return the :class:`History`.
 
     Parameters
@@ -518,15 +519,61 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         When an epoch's loss or the parameters are not finite, training stops and the
         parameters and optimizer state of the last finite epoch are restored; then a
         RuntimeWarning is issued (``"warn"``) or FloatingPointError raised (``"raise"``).
+    distributed : bool
+        Data-parallel training: every process of an MPI job calls fit, each holds a replica,
+        ``batch_size`` is the global batch, split across the ranks, whose gradients are
+        averaged by one Allreduce per step; the result is the one-process trajectory (see
+        :mod:`backprop.distributed` for the rules). Rank 0 alone prints, shows progress and
+        writes ``checkpoint``. An exception on any rank aborts the whole job.
+    comm : mpi4py communicator or backprop.distributed.Communicator, optional
+        The ranks to train over (default ``MPI.COMM_WORLD``); a Communicator sets the
+        collectives' timeout. Only with ``distributed``.
+    shard : bool
+        With ``distributed``: each rank's X, Y are its own part of the data set (the global
+        data set is the parts concatenated in rank order), not the whole of it.
 
     Raises
     ------
     ValueError, TypeError
         Bad arguments, named, before any work. ``checkpoint`` holding another network's state.
+    ImportError
+        ``distributed`` without mpi4py.
+    TimeoutError
+        ``distributed``: a collective that did not complete within the communicator's timeout.
     KeyboardInterrupt
         Re-raised after a Ctrl-C, which takes effect between two steps: every parameter and
         ``optimizer.t`` agree, and ``net.history_`` keeps the epochs completed.
     """
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed: expected True or False, got {distributed!r}")
+    if not isinstance(shard, bool):
+        raise TypeError(f"shard: expected True or False, got {shard!r}")
+    if not distributed:
+        if comm is not None or shard:
+            raise ValueError(f"{'comm' if comm is not None else 'shard'}: only with "
+                             "distributed=True")
+        return _fit(net, X, Y, epochs, batch_size, learning_rate, optimizer, shuffle, seed,
+                    validation_data, l1, l2, clip_norm, lr_schedule, callbacks, verbose,
+                    checkpoint, on_nonfinite, clip_value, warmup_steps, diagnostics,
+                    sample_weight, validation_split, None, False)
+    from . import distributed as _distributed
+    group = _distributed.communicator(comm)
+    with group.abort_on_error():
+        return _fit(net, X, Y, epochs, batch_size, learning_rate, optimizer, shuffle, seed,
+                    validation_data, l1, l2, clip_norm, lr_schedule, callbacks, verbose,
+                    checkpoint, on_nonfinite, clip_value, warmup_steps, diagnostics,
+                    sample_weight, validation_split, group, shard)
+
+
+def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_rate: float,
+         optimizer: Any, shuffle: bool, seed: Any, validation_data: Any, l1: float, l2: float,
+         clip_norm: float | None, lr_schedule: Any, callbacks: Any, verbose: Any,
+         checkpoint: Any, on_nonfinite: str, clip_value: float | None, warmup_steps: int,
+         diagnostics: bool, sample_weight: Any, validation_split: float, group: Any,
+         shard: bool) -> History:
+    """:func:`fit` after its ``distributed`` arguments are settled (``group``: the
+    Communicator of a distributed fit, else None)."""
+    lead = group is None or group.rank == 0          # prints, shows progress, writes files
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
     learning_rate = check_positive_float("learning_rate", learning_rate)
@@ -551,7 +598,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         rng = np.random.default_rng(seed)
     except (TypeError, ValueError) as e:
         raise ValueError(f"seed: expected None or a non-negative integer, got {seed!r} ({e})") from None
-    path = _check_checkpoint(checkpoint)
+    path = _check_checkpoint(checkpoint) if lead else None
+    if group is not None and checkpoint is not None:
+        path = group.bcast_object(path, "the broadcast of the checkpoint path")
     opt = _optimizers.get(optimizer)
     split = _check_validation_split(validation_split, validation_data)
     X, Y = net._prepare(X, Y)
@@ -578,26 +627,49 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         raise ValueError(f"lr_schedule: ReduceLROnPlateau monitors {lr_schedule.monitor!r}, "
                          f"which this fit does not log (it logs {keys}); pass "
                          "validation_data for val_*")
-    resume = _resume_point(path, net, opt, keys) if path and os.path.exists(path) else None
+    replica = None
+    if group is not None:
+        from .distributed import Replica
+        replica = Replica(group, net, X, Y, shard, weight)
+        seed = replica.agree_seed(seed)
+        rng = np.random.default_rng(seed)
+    if group is None:
+        resume = _resume_point(path, _read_checkpoint(path), net, opt, keys) if (
+            path and os.path.exists(path)) else None
+    else:   # rank 0 reads the checkpoint and broadcasts its state: no shared file system needed
+        found = None
+        if lead and path and os.path.exists(path):
+            try:
+                found = _read_checkpoint(path)
+            except ValueError as e:                 # raised on every rank, not only here
+                found = e
+        found = group.bcast_object(found, "the broadcast of the checkpoint's state")
+        if isinstance(found, Exception):
+            raise found
+        resume = None if found is None else _resume_point(path, found, net, opt, keys)
 
     be = net.backend
-    n = X.shape[0]
+    n = X.shape[0] if replica is None else replica.n_global
     batch_size = min(batch_size, n)
     steps = -(-n // batch_size)                      # optimizer steps (batches) per epoch
-    bar = _progress_bar(epochs * steps) if verbose == "progress" else None
+    bar = _progress_bar(epochs * steps) if verbose == "progress" and lead else None
 
     def between_steps() -> None:
         interrupt.check()
         if bar is not None:
             bar.update(1)
 
-    seen = n if weight is None else weight_sum(be, weight)    # the epoch loss's denominator
+    seen = (n if weight is None else weight_sum(be, weight) if replica is None
+            else replica.weight_total)                   # the epoch loss's denominator
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
+        if replica is not None:
+            replica.broadcast_state(opt)
+            replica.prepare(batch_size)
         last_finite = _state.Snapshot(net)
         ended = history.stopped_early or history.diverged_epoch is not None
-        if resume is not None and (ended or history.epochs >= epochs):
+        if resume is not None and (ended or history.epochs >= epochs) and lead:
             how = ("stopped early" if history.stopped_early else
                    f"diverged at epoch {history.diverged_epoch}" if ended else
                    f"finished its {history.epochs} epochs")
@@ -617,14 +689,21 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 if not (math.isfinite(lr) and lr > 0):
                     raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
                                      "expected a positive finite number")
-                order = be.asarray(rng.permutation(n)) if shuffle else None
                 factors = warmup_factors(epoch * steps, steps, warmup_steps)
                 rates = None if factors is None else lr * factors
                 start = time.perf_counter()
                 with np.errstate(all="ignore"):      # non-finite values are caught below
-                    total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2, clip_norm,
-                                      between_steps=between_steps, clip_value=clip_value,
-                                      rates=rates, sample_weight=weight)
+                    if replica is None:
+                        order = be.asarray(rng.permutation(n)) if shuffle else None
+                        total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2,
+                                          clip_norm, between_steps=between_steps,
+                                          clip_value=clip_value, rates=rates,
+                                          sample_weight=weight)
+                    else:
+                        total = replica.run_epoch(X, Y, rng.permutation(n) if shuffle else None,
+                                                  batch_size, opt, lr, l1, l2, clip_norm,
+                                                  between_steps=between_steps,
+                                                  clip_value=clip_value, rates=rates)
                     seconds = time.perf_counter() - start
                     logs = _epoch_logs(net, total / seen,
                                        lr if rates is None else float(rates[-1]),
@@ -636,7 +715,7 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                     message = _divergence_message(epoch, problem)
                     if on_nonfinite == "raise":
                         error = FloatingPointError(message)
-                    else:
+                    elif lead:
                         warnings.warn(message, RuntimeWarning, stacklevel=3)
                     break
                 history.append(logs)
@@ -646,11 +725,11 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 if bar is not None:     # a compiled epoch calls between_steps once
                     bar.update((epoch + 1) * steps - bar.n)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")
-                elif verbose:
+                elif verbose and lead:
                     print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
                 # every callback sees every epoch, also after one of them asks to stop
                 history.stopped_early = any([_call(cb, epoch, logs, net) for cb in callbacks])
-                if path and not history.stopped_early:
+                if path and lead and not history.stopped_early:
                     _state.write(path, _state.capture(net))
                 if history.stopped_early:
                     break
@@ -665,8 +744,10 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         finally:
             if bar is not None:
                 bar.close()
+            if replica is not None:
+                replica.close()
         _train_end(callbacks, net, history)
-        if path:        # the final state: after a stop, a rollback or a restored best epoch
+        if path and lead:   # the final state: after a stop, a rollback or a restored best epoch
             _state.write(path, _state.capture(net))
     if error is not None:
         raise error
@@ -807,13 +888,17 @@ def _check_checkpoint(checkpoint: Any) -> str | None:
     return path
 
 
-def _resume_point(path: str, net: "Network", opt: _optimizers.Optimizer,
-                  keys: list[str]) -> _state.TrainingState:
-    """The state in ``path``, checked against this call before anything changes."""
+def _read_checkpoint(path: str) -> _state.TrainingState:
+    """The state in ``path``, checked whole (ValueError naming ``checkpoint``)."""
     try:
-        state = _state.read(path)
+        return _state.read(path)
     except ValueError as e:
         raise ValueError(f"checkpoint: {e}") from None
+
+
+def _resume_point(path: str, state: _state.TrainingState, net: "Network",
+                  opt: _optimizers.Optimizer, keys: list[str]) -> _state.TrainingState:
+    """``state``, read from ``path``, checked against this call before anything changes."""
     theirs, ours = state.header["architecture"], _state.architecture(net)
     if theirs != ours:
         raise ValueError(f"checkpoint: {path!r} holds a network of another architecture "

@@ -58,6 +58,8 @@ GRADIENTS = "tests/test_gradients.py -k '{b} and (reference or finite_difference
 FORMULAS = "tests/test_network.py -k 'formulas and {b} and float64'"
 EMULATED = "tests/test_cupy.py -k '{k}'"
 SW = "tests/test_sample_weight.py"
+DIST = "backprop/distributed.py"
+DIST_TESTS = "tests/test_distributed.py -k 'trajectory_numpy and 2'"
 
 MUTATIONS = [
     # ---- the NumPy backend: every kernel of the contract, every σ'
@@ -472,6 +474,30 @@ MUTATIONS = [
              "make_node(\"Add\", [activated, current], [out],",
              "make_node(\"Add\", [activated, activated], [out],",
              "tests/test_onnx.py"),
+    # ---- data parallelism (backprop/distributed.py): each needs mpi4py and mpiexec
+    Mutation("distributed: a rank's gradient is its rows' mean, not its share of the batch",
+             DIST, "return rows / self._batch_rows", "return 1.0", DIST_TESTS),
+    Mutation("distributed: batch slices overlap by a row", DIST,
+             "return rank * rows // size, (rank + 1) * rows // size",
+             "return rank * rows // size, min(rows, (rank + 1) * rows // size + 1)",
+             "tests/test_distributed.py -k 'batch_slice or (trajectory_numpy and 3)'"),
+    Mutation("distributed: dropout uses the batch's first rows' masks", DIST,
+             "be.copy(M[lo:hi], mask)", "be.copy(M[:hi - lo], mask)", DIST_TESTS),
+    Mutation("distributed: parameters not broadcast from rank 0", DIST,
+             '            self.comm.bcast(host, "the broadcast of the initial parameters")\n',
+             "", DIST_TESTS),
+    Mutation("distributed: the epoch's loss is this rank's, not the sum", DIST,
+             '            self.comm.allreduce(value, "the Allreduce of the epoch\'s loss")\n',
+             "            pass\n", DIST_TESTS),
+    Mutation("distributed: shard rows not shifted by the rank's offset", DIST,
+             "return order[where] - self.offset,", "return order[where] % self.n_local,",
+             DIST_TESTS),
+    Mutation("numpy scale ignores its factor", NP,
+             "np.multiply(x, x.dtype.type(factor), out=x)", "np.multiply(x, 1, out=x)",
+             DIST_TESTS),
+    Mutation("cuda scale ignores its factor", CU,
+             "GRID_STRIDE(i, n) x[i] = x[i] * factor;", "GRID_STRIDE(i, n) x[i] = x[i];",
+             "tests/test_distributed.py -k 'cupy_emulated_nccl and 2'"),
 ]
 
 

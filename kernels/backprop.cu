@@ -513,6 +513,12 @@ __global__ void multiply(T* x, const T* y, long long n) {
     GRID_STRIDE(i, n) x[i] = x[i] * y[i];
 }
 
+// x *= factor: a data-parallel replica's output delta, from its b rows' 1/b to the global 1/B.
+template <typename T>
+__global__ void scale(T* x, long long n, T factor) {
+    GRID_STRIDE(i, n) x[i] = x[i] * factor;
+}
+
 // out[r, :] = X[index[base + r], :] with base = step[0] · rows (0 without step); no index:
 // rows base … base + rows - 1. n = rows · cols.
 template <typename T>

@@ -234,6 +234,12 @@ class Backend(ABC):
         """``out = x + y`` elementwise, one shape (a residual connection: ``A = σ(Ẑ) + A_prev``
         forward, ``∂L/∂A_prev += ∂L/∂A`` backward); ``out`` may be ``x``."""
 
+    @abstractmethod
+    def scale(self, x: Array, factor: float) -> None:
+        """``x *= factor`` for a Python float, in x's dtype: a data-parallel replica turns
+        its output delta's 1/b (its b rows) into the global batch's 1/B
+        (:mod:`backprop.distributed`)."""
+
     def penalty(self, weights: Sequence[Array], l1: float, l2: float) -> float:
         """``l1 Σ|W| + l2 Σ W²`` over every W of ``weights``, summed in float64: the
         regularization term of the loss (biases are not penalised). Called once per epoch,

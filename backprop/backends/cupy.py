@@ -51,7 +51,7 @@ from .base import Array, Backend
 #: the kernel templates of kernels/backprop.cu, each instantiated for every dtype in CTYPES
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
            "output_delta", "matmul", "sum_splits", "column_sum", "loss", "weight_norm",
-           "sum_squares", "clip_factor", "update", "dropout", "multiply", "take_rows",
+           "sum_squares", "clip_factor", "update", "dropout", "multiply", "scale", "take_rows",
            "batch_norm_stats", "batch_norm_apply", "batch_norm_backward", "add")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
@@ -578,6 +578,11 @@ class CuPyBackend(Backend):
         self._check(x.dtype, (x, x.shape), (y, x.shape))
         self._launch("multiply", x.dtype, (blocks(x.size),), (THREADS,),
                      (x, y, np.int64(x.size)))
+
+    def scale(self, x: Array, factor: float) -> None:
+        self._check(x.dtype, (x, x.shape))
+        self._launch("scale", x.dtype, (blocks(x.size),), (THREADS,),
+                     (x, np.int64(x.size), _scalar(x.dtype)(factor)))
 
     # ------------------------------------------------------------------ CUDA graphs
 

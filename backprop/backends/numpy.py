@@ -386,6 +386,9 @@ class NumPyBackend(Backend):
     def add(self, x: Array, y: Array, out: Array) -> None:
         np.add(x, y, out=out)
 
+    def scale(self, x: Array, factor: float) -> None:
+        np.multiply(x, x.dtype.type(factor), out=x)
+
     def sgd_weight_update(self, delta: Array, A_prev: Array, W: Array, b: Array,
                           rule: UpdateRule, dW: Array, db: Array) -> None:
         if _gemm(W.dtype) is None:

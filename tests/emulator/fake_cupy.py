@@ -48,6 +48,7 @@ import sys
 import tempfile
 import threading
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -163,10 +164,37 @@ def _operand(x):
     raise _unsupported(x)
 
 
+#: every live device allocation by its address: what NCCL accepts as a device pointer
+_allocations: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
 def _new(a) -> "ndarray":
     """A freshly allocated device array holding ``a``."""
     _refuse_in_capture("memory allocation")
-    return ndarray(np.asarray(a))
+    a = np.asarray(a)
+    if a.nbytes:
+        _allocations[a.__array_interface__["data"][0]] = a
+    return ndarray(a)
+
+
+def _device_memory(ptr: int, count: int, dtype: np.dtype, what: str) -> np.ndarray:
+    """The host memory posing as ``count`` elements of ``dtype`` at device pointer ``ptr``;
+    ValueError unless it lies inside one live device allocation of that dtype."""
+    if isinstance(ptr, bool) or not isinstance(ptr, numbers.Integral):
+        raise TypeError(f"{what}: expected a device pointer (int), got {type(ptr)}")
+    for start, base in list(_allocations.items()):
+        if start <= ptr < start + base.nbytes:
+            if base.dtype != dtype:
+                raise ValueError(f"ncclInvalidArgument: {what} points into a {base.dtype} "
+                                 f"allocation, the datatype says {dtype}")
+            if (ptr - start) % dtype.itemsize or ptr + count * dtype.itemsize > start + base.nbytes:
+                raise ValueError(f"ncclInvalidArgument: {what}: {count} elements of {dtype} "
+                                 "run past the end of its device allocation")
+            flat = base.reshape(-1)
+            first = (ptr - start) // dtype.itemsize
+            return flat[first:first + count]
+    raise ValueError(f"ncclInvalidArgument: {what} ({ptr:#x}) is not device memory "
+                     "(a host pointer?)")
 
 
 def _no_capture(what: str) -> None:
@@ -644,6 +672,10 @@ class Event:
     def record(self, stream=None) -> None:
         pass
 
+    @property
+    def done(self) -> bool:          # cudaEventQuery: no synchronisation; work runs eagerly here
+        return True
+
     def synchronize(self) -> None:
         _synchronize("Event.synchronize")
 
@@ -652,6 +684,10 @@ class Stream:
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None) -> None:
         self.null = null
         self.non_blocking = non_blocking
+
+    @property
+    def ptr(self) -> int:            # the cudaStream_t; 0 is the legacy stream
+        return 0 if self.null else id(self)
 
     def __enter__(self):
         _state.streams.append(self)
@@ -696,8 +732,79 @@ def _elapsed_time(start, stop) -> float:
     return 0.0
 
 
+# ---------------------------------------------------------------------- NCCL
+
+class NcclError(RuntimeError):
+    pass
+
+
+class NcclCommunicator:
+    """``cupy.cuda.nccl.NcclCommunicator`` over the processes of ``MPI.COMM_WORLD`` (one
+    emulated GPU each): the collectives run as MPI ones on the memory behind the device
+    pointers. It refuses what NCCL refuses: a ``commId`` that is not a unique id or differs
+    between ranks, ``ndev`` other than the number of processes, a rank out of range, host
+    pointers, counts past the end of an allocation; and (this emulator) a datatype other
+    than the allocation's, or a call during a stream capture."""
+
+    def __init__(self, ndev: int, commId: tuple, rank: int) -> None:
+        from mpi4py import MPI
+        if not (isinstance(commId, tuple) and len(commId) == NCCL_UNIQUE_ID_BYTES
+                and all(isinstance(c, int) for c in commId)):
+            raise TypeError("commId: expected the tuple get_unique_id() returns")
+        world = MPI.COMM_WORLD
+        if ndev != world.Get_size() or not 0 <= rank < ndev or rank != world.Get_rank():
+            raise NcclError(f"ncclInvalidArgument: ndev {ndev}, rank {rank}: this emulator "
+                            f"joins the {world.Get_size()} MPI processes, this one rank "
+                            f"{world.Get_rank()}")
+        if len(set(world.allgather(commId))) != 1:
+            raise NcclError("ncclInvalidUsage: the ranks passed different unique ids")
+        self._comm = world.Dup()
+        self._rank, self._size = rank, ndev
+
+    def rank_id(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size
+
+    def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,
+                  stream: int) -> None:
+        from mpi4py import MPI
+        if _state.capture is not None:
+            raise CUDARuntimeError("the emulator does not record NCCL calls in a graph")
+        if datatype not in _NCCL_DTYPES:
+            raise NcclError(f"ncclInvalidArgument: datatype {datatype!r}")
+        if op != NCCL_SUM:
+            raise NcclError(f"this emulator implements only NCCL_SUM, got op {op!r}")
+        if isinstance(stream, bool) or not isinstance(stream, int):
+            raise TypeError(f"stream: expected a cudaStream_t (int), got {type(stream)}")
+        dtype = _NCCL_DTYPES[datatype]
+        send = _device_memory(sendbuf, count, dtype, "sendbuf")
+        recv = _device_memory(recvbuf, count, dtype, "recvbuf")
+        if sendbuf == recvbuf:
+            self._comm.Allreduce(MPI.IN_PLACE, recv, op=MPI.SUM)
+        else:
+            self._comm.Allreduce(send, recv, op=MPI.SUM)
+
+    def destroy(self) -> None:
+        self._comm.Free()
+
+
+def get_unique_id() -> tuple:
+    return tuple(int(b) - 128 for b in np.random.default_rng().integers(0, 256,
+                                                                       NCCL_UNIQUE_ID_BYTES))
+
+
+NCCL_UNIQUE_ID_BYTES = 128
+NCCL_SUM, NCCL_FLOAT32, NCCL_FLOAT64 = 0, 7, 8
+_NCCL_DTYPES = {NCCL_FLOAT32: np.dtype(np.float32), NCCL_FLOAT64: np.dtype(np.float64)}
+nccl = types.ModuleType("cupy.cuda.nccl")
+nccl.NcclCommunicator, nccl.NcclError, nccl.get_unique_id = NcclCommunicator, NcclError, get_unique_id
+nccl.NCCL_SUM, nccl.NCCL_FLOAT32, nccl.NCCL_FLOAT64 = NCCL_SUM, NCCL_FLOAT32, NCCL_FLOAT64
+
+
 cuda = types.SimpleNamespace(
-    Device=_Device, Stream=Stream, Graph=Graph, Event=Event,
+    Device=_Device, Stream=Stream, Graph=Graph, Event=Event, nccl=nccl,
     get_current_stream=get_current_stream, get_elapsed_time=_elapsed_time,
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=CUDARuntimeError,
                                   is_hip=False,
@@ -739,6 +846,7 @@ def modules() -> dict[str, types.ModuleType]:
     cuda_pkg.libs = libs
     backends = types.ModuleType("cupy_backends")
     backends.cuda = cuda_pkg
-    return {"cupy": me, "cupyx": cupyx, "cupy_backends": backends,
+    return {"cupy": me, "cupy.cuda": cuda, "cupy.cuda.nccl": nccl, "cupyx": cupyx,
+            "cupy_backends": backends,
             "cupy_backends.cuda": cuda_pkg, "cupy_backends.cuda.libs": libs,
             "cupy_backends.cuda.libs.cublas": cublas}

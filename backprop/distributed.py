@@ -1,0 +1,528 @@
+"""Data-parallel training over MPI (mpi4py), with the gradients summed by NCCL on GPUs.
+
+``fit(..., distributed=True)`` run by every process of an MPI job (``mpiexec -n 4 python
+train.py``) trains one network: every rank holds a replica, and each step's gradients are
+averaged over the ranks before the update, so that N ranks follow the trajectory of one
+process with the same global batch (equal to rounding: only the order in which the rows'
+gradients are summed differs).
+
+The rules, in the order a fit applies them:
+
+* **Communicator**: ``MPI.COMM_WORLD``, or ``comm=`` (an mpi4py communicator, or a
+  :class:`Communicator` to set the ``timeout``). mpi4py is imported only then
+  (``pip install 'backprop[mpi]'``).
+* **Seed and state**: ``seed=None`` becomes a seed drawn on rank 0 and broadcast, so that
+  the shuffle order and the dropout masks are the same on every rank. The parameters, the
+  optimizer's buffers and step count are broadcast from rank 0 (replicas built with
+  different seeds start equal). A checkpoint is read by rank 0 alone and its state
+  broadcast; only rank 0 writes it, prints (``verbose``) and shows progress.
+* **Batches**: the data set is N rows. By default every rank is given the whole data set
+  (the same X, Y; N is its length). With ``shard=True`` each rank is given its own part:
+  the global data set is the concatenation of the parts in rank order (global row
+  ``offset_r + i`` is row i of rank r, offsets from an Allgather of the part sizes). Each
+  epoch one permutation of the N global rows is drawn from the shared generator and cut into
+  global batches of ``batch_size`` rows (the last one partial), exactly as one process does.
+  Without ``shard`` a global batch of B rows is split into contiguous, non-overlapping
+  slices: rank r takes the rows ``[r·B // P, (r+1)·B // P)`` of it (P ranks; a slice may be
+  empty). With ``shard`` rank r takes the batch's rows that it holds, in batch order.
+* **Gradients**: a rank with b of the batch's B rows computes the sum of its rows' gradients
+  divided by B (its output delta is scaled by b/B after the kernel's 1/b), so the sum over
+  ranks is the global batch mean; the sum is one Allreduce over one contiguous buffer
+  (:meth:`backprop.network.Network.flat_gradient`; the per-layer dW, db are views into it),
+  then clipping (``clip_norm``, on the averaged gradient) and the optimizer step, identical on
+  every rank. A rank with no row of a batch contributes zeros and still steps.
+* **Dropout**: masks are drawn per global row. Every rank draws the whole global batch's
+  masks from the shared generator, exactly as one process draws them, and uses its rows of
+  them.
+* **Loss**: the epoch's summed loss is Allreduced, so every rank logs the global mean.
+  Validation data is evaluated by every rank (give each the same).
+* **Failures**: an exception on any rank (bad data, a callback, Ctrl-C) prints that rank's
+  traceback to stderr and aborts the communicator (``MPI_Abort``), which ends every process
+  of the job with a non-zero exit status: no rank is left waiting in a collective. Every
+  collective waits at most ``timeout`` seconds (polling a non-blocking MPI request), then
+  raises TimeoutError (and so aborts the job). With one rank nothing is aborted: the
+  exception propagates as without ``distributed``.
+* **GPUs**: each rank trains on a GPU of its own (``device=f"cuda:{local_rank}"``: NCCL
+  refuses two ranks on one GPU). On the cupy backend the gradient buffer is summed on the
+  device by NCCL (``cupy.cuda.nccl``; the unique id is broadcast over MPI), on the stream the
+  step's kernels run on, with no copy through the host. The deadline of the NCCL calls is
+  watched once per epoch, when the loss is read (an event polled against ``timeout``). The
+  step's CUDA-graph path (:meth:`CuPyBackend.train_epoch`) is bypassed when distributed:
+  NCCL calls can be captured, but a replica's step is not one fixed shape (the uneven last
+  batch, ``shard``'s varying row counts), its dropout slices the global masks with array
+  copies a capture does not record, and the emulator cannot record NCCL in a graph, so the
+  captured variant could not be tested here. The eager step costs its kernel launches
+  (see benchmarks/results/2vcpu-intel-xeon/distributed.md).
+
+Hooks for what other parts add (the interface they use): :meth:`Replica.allreduce` sums any
+buffer of the backend's device across ranks (batch normalization's per-feature batch sums in
+the forward and backward passes, so that its statistics are those of the global batch);
+:meth:`Replica.row_fraction` is the factor a rank's output delta is scaled by (with sample
+weights: the rank's share of the global batch's weight sum rather than of its rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import secrets
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .network import Network
+    from .optimizers import Optimizer
+
+#: environment variable giving the default :class:`Communicator` timeout, in seconds
+TIMEOUT_ENV = "BACKPROP_DISTRIBUTED_TIMEOUT"
+#: the default timeout of a collective (seconds): long enough for the slowest rank to start
+#: (imports, loading data, compiling the numba kernels), short enough that a dead peer is
+#: reported within minutes rather than never
+DEFAULT_TIMEOUT = 300.0
+#: seconds a wait spins on its MPI request before it sleeps between tests (see Communicator.poll)
+SPIN = 0.05
+
+
+def _mpi() -> Any:
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError("distributed=True needs mpi4py and an MPI library: "
+                          "pip install 'backprop[mpi]' (mpi4py and mpich)") from None
+    return MPI
+
+
+def batch_slice(rows: int, size: int, rank: int) -> tuple[int, int]:
+    """The rows ``[lo, hi)`` of a global batch of ``rows`` that ``rank`` of ``size`` takes
+    (without ``shard``): ``lo = rank·rows // size``, ``hi = (rank+1)·rows // size``."""
+    return rank * rows // size, (rank + 1) * rows // size
+
+
+class Communicator:
+    """An MPI communicator whose collectives fail after ``timeout`` seconds.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+        Default ``MPI.COMM_WORLD``.
+    timeout : float, optional
+        Seconds a collective may take before TimeoutError; default the environment variable
+        ``BACKPROP_DISTRIBUTED_TIMEOUT``, else :data:`DEFAULT_TIMEOUT` (300).
+
+    Raises ImportError without mpi4py, TypeError for a ``comm`` that is not an mpi4py
+    communicator, ValueError for a non-positive timeout.
+    """
+
+    def __init__(self, comm: Any = None, timeout: float | None = None) -> None:
+        MPI = _mpi()
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
+            raise TypeError(f"comm: expected an mpi4py communicator (MPI.Comm), got {comm!r}")
+        if timeout is None:
+            raw = os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+            try:
+                timeout = float(raw)
+            except ValueError:
+                raise ValueError(f"{TIMEOUT_ENV}: expected a number of seconds, got {raw!r}") from None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+        self.MPI = MPI
+        self.comm = comm
+        self.timeout = float(timeout)
+        self.rank: int = comm.Get_rank()
+        self.size: int = comm.Get_size()
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size}, timeout={self.timeout:g})"
+
+    # ------------------------------------------------------------------ deadlines
+
+    def wait(self, request: Any, what: str) -> None:
+        """Complete a non-blocking MPI ``request``, or raise TimeoutError after ``timeout``."""
+        self.poll(request.Test, what)
+
+    def poll(self, done: Callable[[], bool], what: str) -> None:
+        """Call ``done()`` until it is True, TimeoutError after ``timeout`` seconds.
+
+        MPI progresses a non-blocking collective only inside such calls, so for the first
+        :data:`SPIN` seconds it calls ``done()`` as fast as a blocking MPI call would, yielding
+        the core between calls (``sched_yield``: measured as fast as a blocking Allreduce on
+        an oversubscribed machine, where spinning without it was 10x slower), then sleeps
+        0.1 ms between calls (a rank waiting long for a slow peer leaves it the core)."""
+        if done():
+            return
+        start = time.monotonic()
+        spin, deadline = start + SPIN, start + self.timeout
+        while not done():
+            os.sched_yield()
+            now = time.monotonic()
+            if now > spin:
+                if now > deadline:
+                    raise TimeoutError(
+                        f"distributed: rank {self.rank} of {self.size}: {what} did not complete "
+                        f"within the timeout of {self.timeout:g} s; another rank failed, stalled "
+                        f"or never called it (set Communicator(timeout=...) or {TIMEOUT_ENV})")
+                time.sleep(1e-4)
+
+    # ------------------------------------------------------------------ collectives (host)
+
+    def allreduce(self, buf: np.ndarray, what: str) -> None:
+        """``buf ← Σ_ranks buf`` in place (a host array)."""
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM), what)
+
+    def bcast(self, buf: np.ndarray, what: str, root: int = 0) -> None:
+        """``buf ← buf of root`` in place (a host array)."""
+        self.wait(self.comm.Ibcast(buf, root=root), what)
+
+    def bcast_object(self, obj: Any, what: str, root: int = 0) -> Any:
+        """``obj`` of ``root``, pickled (length, then bytes; both with the deadline)."""
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == root else b""
+        length = np.array([len(data)], dtype=np.int64)
+        self.bcast(length, what, root)
+        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root else \
+            np.empty(int(length[0]), dtype=np.uint8)
+        self.bcast(buf, what, root)
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
+
+    def allgather_int(self, value: int, what: str) -> list[int]:
+        """Every rank's ``value``, in rank order."""
+        out = np.empty(self.size, dtype=np.int64)
+        self.wait(self.comm.Iallgather(np.array([value], dtype=np.int64), out), what)
+        return [int(v) for v in out]
+
+    # ------------------------------------------------------------------ failures
+
+    @contextlib.contextmanager
+    def abort_on_error(self) -> Iterator[None]:
+        """An exception inside prints this rank's traceback to stderr and aborts the job
+        (``MPI_Abort`` with status 1); with one rank it propagates unchanged."""
+        try:
+            yield
+        except BaseException:
+            if self.size == 1:
+                raise
+            try:
+                sys.stdout.flush()
+                sys.stderr.write(f"backprop.distributed: rank {self.rank} of {self.size} "
+                                 f"raised; aborting the job\n{traceback.format_exc()}")
+                sys.stderr.flush()
+            finally:
+                self.comm.Abort(1)
+            raise  # pragma: no cover - Abort does not return
+
+
+def rank(comm: Any = None) -> int:
+    """This process's rank in ``comm`` (None: ``MPI.COMM_WORLD``; a :class:`Communicator`
+    too), 0 without mpi4py: what a program's own output checks, to print on rank 0 alone
+    (``if distributed.rank() == 0: print(...)``), as fit does."""
+    if isinstance(comm, Communicator):
+        return comm.rank
+    if comm is None:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return 0
+        comm = MPI.COMM_WORLD
+    return int(comm.Get_rank())
+
+
+def communicator(comm: Any) -> Communicator:
+    """``comm`` as a :class:`Communicator` (None: ``MPI.COMM_WORLD``)."""
+    return comm if isinstance(comm, Communicator) else Communicator(comm)
+
+
+class Replica:
+    """One rank's part in a data-parallel fit: the rows it takes of each global batch, the
+    gradient sum, the global dropout masks. Made by :func:`backprop.training.fit`.
+
+    ``n_global`` is the global data set's size N; ``n_local`` this rank's rows.
+    """
+
+    def __init__(self, comm: Communicator, net: "Network", X: Any, Y: Any, shard: bool,
+                 weight: Any = None) -> None:
+        n_local = X.shape[0]
+        if any(getattr(net, "batch_norm", None) or ()):
+            # until its batch sums go through allreduce(), each rank would normalise by its
+            # own rows' statistics: another trajectory than one process's, silently
+            raise NotImplementedError("distributed: batch normalization's statistics are not "
+                                      "synchronised across ranks yet (Replica.allreduce is "
+                                      "the hook); train with batch_norm=False")
+        self.comm = comm
+        self.net = net
+        self.shard = shard
+        self.rank, self.size = comm.rank, comm.size
+        sizes = comm.allgather_int(n_local, "the Allgather of the data set sizes")
+        if shard:
+            self.offset = sum(sizes[:self.rank])
+            self.n_global = sum(sizes)
+        else:
+            if len(set(sizes)) != 1:
+                raise ValueError(f"X: without shard=True every rank must be given the whole "
+                                 f"data set, but the ranks hold {sizes} rows; pass shard=True "
+                                 "to give each rank its own part")
+            # the same data everywhere, in the same order: checked by float64 checksums
+            mine = _checksums(net.backend, X) + _checksums(net.backend, Y)
+            if weight is not None:
+                mine += _checksums(net.backend, weight.reshape(-1, 1))
+            theirs = comm.bcast_object(mine, "the broadcast of the data set's checksums")
+            if mine != theirs:
+                raise ValueError(f"X, Y: without shard=True every rank must be given the same "
+                                 f"data set, but rank {self.rank}'s checksums {mine} differ "
+                                 f"from rank 0's {theirs}; pass shard=True to give each rank "
+                                 "its own part")
+            self.offset = 0
+            self.n_global = n_local
+        self.n_local = n_local
+        #: this rank's sample weights (device, (n_local,)) and a float64 host copy, or None
+        self.weight = weight
+        self._w_host = None if weight is None else np.asarray(
+            net.backend.to_numpy(weight), dtype=np.float64)
+        self._fraction: float | None = None   # the current batch's weight share (weights)
+        self._batch_rows = 0                  # the current global batch's size
+        self._slice: tuple[int, int] | None = None  # its rows' positions here (no shard)
+        self._positions: Any = None           # their positions (shard), a device int64 view
+        self._masks: list[tuple[Any, Any] | None] = []
+        self._nccl: Any = None
+        self._nccl_dtype: Any = None
+
+    @property
+    def weight_total(self) -> float:
+        """Σ w over the global data set (N without weights): the epoch loss's denominator."""
+        if self._w_host is None:
+            return float(self.n_global)
+        total = np.array([self._w_host.sum()])
+        if self.shard:
+            self.comm.allreduce(total, "the Allreduce of the weight sums")
+        return float(total[0])
+
+    # ------------------------------------------------------------------ start of a fit
+
+    def agree_seed(self, seed: int | None) -> int | None:
+        """Rank 0's seed, or (None) a seed drawn on rank 0: the same on every rank."""
+        if seed is None and self.rank == 0:
+            seed = secrets.randbits(63)
+        return self.comm.bcast_object(seed, "the broadcast of the seed")
+
+    def broadcast_state(self, optimizer: "Optimizer") -> None:
+        """Rank 0's parameters, optimizer buffers and step count on every rank."""
+        net, be = self.net, self.net.backend
+        arrays = list(net.parameters()) + [s for st in optimizer.state for s in st]
+        for a in arrays:
+            host = np.array(be.to_numpy(a))
+            self.comm.bcast(host, "the broadcast of the initial parameters")
+            be.copy(be.asarray(host), a)
+        t = np.array([optimizer.t], dtype=np.int64)
+        self.comm.bcast(t, "the broadcast of the optimizer's step count")
+        optimizer.t = int(t[0])
+
+    def prepare(self, batch_size: int) -> None:
+        """Allocate what the steps need (once per fit): the gradient buffer and its device
+        communicator, and one global-batch-sized mask buffer per dropout layer."""
+        net, be = self.net, self.net.backend
+        flat = net.flat_gradient()
+        self._masks = [None if not rate else
+                       (be.empty((batch_size, n), net.dtype), be.empty((batch_size, n), net.dtype))
+                       for n, rate in zip(net.layer_sizes[1:-1], net.dropout)]
+        if be.name == "cupy" and self.size > 1 and self._nccl is None:
+            self._nccl, self._nccl_dtype = _nccl_communicator(self.comm, be, flat.dtype)
+
+    def close(self) -> None:
+        """Release the NCCL communicator (at the end of the fit, on every rank)."""
+        if self._nccl is not None:
+            nccl, self._nccl = self._nccl, None
+            nccl.destroy()
+
+    # ------------------------------------------------------------------ the step's hooks
+
+    def row_fraction(self, rows: int) -> float:
+        """b / B: the factor a rank's output delta (the kernel's 1/b) is scaled by, so that its
+        gradient is the sum over its b rows divided by the global batch's B rows. With sample
+        weights, its rows' share of the global batch's weight sum, Σ_local w / Σ_batch w (the
+        kernel's output delta has w_i / Σ_local w), 0 when the batch's weights are all 0."""
+        if self._fraction is not None:
+            return self._fraction
+        return rows / self._batch_rows
+
+    def allreduce(self, buf: Any, what: str = "an Allreduce") -> None:
+        """``buf ← Σ_ranks buf`` in place, for a contiguous array on the network's device
+        (NCCL on the device for cupy; MPI on host memory otherwise)."""
+        be = self.net.backend
+        if self._nccl is not None:
+            from cupy.cuda import nccl
+            with be._device:                 # the stream the step's kernels run on
+                stream = be.xp.cuda.get_current_stream()
+                self._nccl.allReduce(buf.data.ptr, buf.data.ptr, buf.size,
+                                     _NCCL_TYPES[np.dtype(buf.dtype).name](nccl), nccl.NCCL_SUM,
+                                     stream.ptr)
+            return
+        if self.size > 1:
+            self.comm.allreduce(buf, what)
+
+    def allreduce_gradients(self) -> None:
+        """Sum the gradient buffer over the ranks: one Allreduce per step."""
+        self.allreduce(self.net.flat_gradient(), "the gradient Allreduce")
+
+    def dropout(self, layer: int, A: Any, rate: float, mask: Any, out: Any) -> None:
+        """Dropout with the masks one process would draw for the global batch: the whole
+        batch's mask is drawn (same generator, same shape, so the same draws) and this rank's
+        rows of it are used: ``mask = M[rows]``, ``out = A ⊙ mask``."""
+        be = self.net.backend
+        full, scratch = self._masks[layer]
+        rows = self._batch_rows
+        M, S = full[:rows], scratch[:rows]
+        be.dropout(S, rate, M, S)
+        if self._positions is None:
+            lo, hi = self._slice
+            be.copy(M[lo:hi], mask)
+        else:
+            be.take_rows(M, self._positions, mask)
+        be.copy(A, out)
+        be.multiply(out, mask)
+
+    def _draw_masks(self) -> None:
+        """A step in which this rank has no row: the global masks are still drawn, so that
+        its generator stays where the others' are."""
+        be = self.net.backend
+        rows = self._batch_rows
+        for layer, pair in enumerate(self._masks):
+            if pair is not None:
+                M, S = pair[0][:rows], pair[1][:rows]
+                be.dropout(S, self.net.dropout[layer], M, S)
+
+    # ------------------------------------------------------------------ the epoch
+
+    def plan(self, order: np.ndarray | None, batch_size: int) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray | None]:
+        """This rank's rows of every global batch of an epoch (host arrays): the local row
+        indices in batch order, the count per batch, and (shard) their positions within their
+        batch (without shard the positions are :func:`batch_slice`)."""
+        n, B = self.n_global, batch_size
+        order = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+        starts = np.arange(0, n, B)
+        if not self.shard:
+            parts, counts = [], []
+            for start in starts:
+                lo, hi = batch_slice(min(B, n - start), self.size, self.rank)
+                parts.append(order[start + lo:start + hi])
+                counts.append(hi - lo)
+            return np.concatenate(parts), np.array(counts, dtype=np.int64), None
+        owned = (order >= self.offset) & (order < self.offset + self.n_local)
+        where = np.flatnonzero(owned)
+        counts = np.bincount(where // B, minlength=len(starts)).astype(np.int64)
+        return order[where] - self.offset, counts, (where % B).astype(np.int64)
+
+    def run_epoch(self, X: Any, Y: Any, order: np.ndarray | None, batch_size: int,
+                  optimizer: "Optimizer", learning_rate: float, l1: float, l2: float,
+                  clip_norm: float | None, between_steps: Callable[[], None] | None,
+                  clip_value: float | None = None, rates: np.ndarray | None = None) -> float:
+        """One epoch of global batches (see the module docstring); X, Y this rank's device
+        arrays, ``order`` the permutation of the N global rows (None: stored order);
+        ``rates`` each step's learning rate (a warm-up), else ``learning_rate``. Returns the
+        global summed (weighted) per-sample loss."""
+        net, be = self.net, self.net.backend
+        n, B = self.n_global, batch_size
+        local, counts, positions = self.plan(order, B)
+        shares = self._weight_shares(order, B, local, counts)
+        index = be.asarray(local)
+        where = None if positions is None else be.asarray(positions)
+        cap = int(counts.max(initial=0))
+        full = net.workspace(max(cap, 1))
+        full.total[0] = 0
+        views: dict[int, Any] = {}
+        done = 0
+        for k, start in enumerate(range(0, n, B)):
+            rows, b = min(B, n - start), int(counts[k])
+            self._batch_rows = rows
+            if positions is None:
+                self._slice = batch_slice(rows, self.size, self.rank)
+            else:
+                self._positions = where[done:done + b]
+            lr = learning_rate if rates is None else float(rates[k])
+            if shares is not None:
+                self._fraction = shares[k]
+            if b:
+                ws = views.get(b) or views.setdefault(b, full.rows(b))
+                be.take_rows(X, index[done:done + b], ws.X)
+                be.take_rows(Y, index[done:done + b], ws.Y)
+                wb = None
+                if self.weight is not None:
+                    be.take_rows(self.weight, index[done:done + b], ws.weight)
+                    wb = ws.weight
+                net.train_step(ws, ws.X, ws.Y, optimizer, lr, l1, l2, clip_norm, clip_value,
+                               wb, replica=self)
+            else:
+                self._draw_masks()
+                net.flat_gradient().fill(0)
+                self.allreduce_gradients()
+                net._apply_gradients(full, optimizer, lr, l1, l2, clip_norm, clip_value)
+            done += b
+            if between_steps is not None:
+                between_steps()
+        self._positions = None
+        self._fraction = None
+        return self.epoch_total(full.total)
+
+    def _weight_shares(self, order: np.ndarray | None, B: int, local: np.ndarray,
+                       counts: np.ndarray) -> np.ndarray | None:
+        """Per global batch of the epoch, this rank's share Σ_local w / Σ_batch w of the
+        batch's weight sum (0 where it is 0); None without weights. Without shard each rank
+        holds every weight, so the batch sums are computed here; with shard they are the
+        sum over ranks of the local sums, one Allreduce per epoch."""
+        if self._w_host is None:
+            return None
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        mine = np.array([self._w_host[local[a:z]].sum() for a, z in zip(bounds[:-1], bounds[1:])])
+        if self.shard:
+            batch = mine.copy()
+            self.comm.allreduce(batch, "the Allreduce of the batches' weight sums")
+        else:
+            w = self._w_host if order is None else self._w_host[np.asarray(order, np.int64)]
+            batch = np.array([w[s:s + B].sum() for s in range(0, self.n_global, B)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(batch > 0, mine / np.where(batch > 0, batch, 1.0), 0.0)
+
+    def epoch_total(self, total: Any) -> float:
+        """The sum over ranks of a device ``total`` (one float64), read once per epoch; on
+        NCCL the device work queued before it is awaited against the deadline first."""
+        be = self.net.backend
+        if self._nccl is not None:
+            with be._device:
+                event = be.xp.cuda.Event()
+                event.record()
+            self.comm.poll(lambda: event.done, "the epoch's NCCL gradient Allreduces")
+        value = np.array([float(be.to_numpy(total)[0])], dtype=np.float64)
+        if self.size > 1:
+            self.comm.allreduce(value, "the Allreduce of the epoch's loss")
+        return float(value[0])
+
+
+def _checksums(be: Any, A: Any) -> tuple[float, float]:
+    """``(Σ a, Σ_i (i + 1) Σ_j a_ij)`` of a device array in float64: equal data sets give
+    equal sums; the row-weighted one also tells the rows' order apart."""
+    rows = A.reshape(A.shape[0], -1).sum(axis=1, dtype=np.float64)
+    weights = be.asarray(np.arange(1, A.shape[0] + 1, dtype=np.float64))
+    return float(rows.sum()), float((rows * weights).sum())
+
+
+_NCCL_TYPES = {"float32": lambda nccl: nccl.NCCL_FLOAT32,
+               "float64": lambda nccl: nccl.NCCL_FLOAT64}
+
+
+def _nccl_communicator(comm: Communicator, be: Any, dtype: Any) -> tuple[Any, Any]:
+    """A NCCL communicator over the ranks of ``comm`` on the backend's device: the unique id
+    made on rank 0 and broadcast over MPI."""
+    try:
+        from cupy.cuda import nccl
+    except ImportError:
+        raise ImportError("distributed=True on the cupy backend needs NCCL: CuPy's "
+                          "cupy.cuda.nccl (pip install nvidia-nccl-cu12)") from None
+    uid = nccl.get_unique_id() if comm.rank == 0 else None
+    uid = comm.bcast_object(uid, "the broadcast of the NCCL unique id")
+    with be._device:
+        return nccl.NcclCommunicator(comm.size, uid, comm.rank), _NCCL_TYPES[np.dtype(dtype).name]
