@@ -247,12 +247,6 @@ class Replica:
     def __init__(self, comm: Communicator, net: "Network", X: Any, Y: Any, shard: bool,
                  weight: Any = None) -> None:
         n_local = X.shape[0]
-        if any(getattr(net, "batch_norm", None) or ()):
-            # until its batch sums go through allreduce(), each rank would normalise by its
-            # own rows' statistics: another trajectory than one process's, silently
-            raise NotImplementedError("distributed: batch normalization's statistics are not "
-                                      "synchronised across ranks yet (Replica.allreduce is "
-                                      "the hook); train with batch_norm=False")
         self.comm = comm
         self.net = net
         self.shard = shard
@@ -290,6 +284,7 @@ class Replica:
         self._masks: list[tuple[Any, Any] | None] = []
         self._nccl: Any = None
         self._nccl_dtype: Any = None
+        self._bn_sums: dict[int, Any] = {}    # per width n: batch normalization's (2, n) sums
 
     @property
     def weight_total(self) -> float:
@@ -310,9 +305,11 @@ class Replica:
         return self.comm.bcast_object(seed, "the broadcast of the seed")
 
     def broadcast_state(self, optimizer: "Optimizer") -> None:
-        """Rank 0's parameters, optimizer buffers and step count on every rank."""
+        """Rank 0's parameters, buffers (batch normalization's running averages), optimizer
+        buffers and step count on every rank."""
         net, be = self.net, self.net.backend
-        arrays = list(net.parameters()) + [s for st in optimizer.state for s in st]
+        arrays = (list(net.parameters()) + list(net.buffers())
+                  + [s for st in optimizer.state for s in st])
         for a in arrays:
             host = np.array(be.to_numpy(a))
             self.comm.bcast(host, "the broadcast of the initial parameters")
@@ -329,6 +326,8 @@ class Replica:
         self._masks = [None if not rate else
                        (be.empty((batch_size, n), net.dtype), be.empty((batch_size, n), net.dtype))
                        for n, rate in zip(net.layer_sizes[1:-1], net.dropout)]
+        self._bn_sums = {n: be.empty((2, n), net.dtype)
+                         for n, f in zip(net.layer_sizes[1:-1], net.batch_norm) if f}
         if be.name == "cupy" and self.size > 1 and self._nccl is None:
             self._nccl, self._nccl_dtype = _nccl_communicator(self.comm, be, flat.dtype)
 
@@ -367,6 +366,61 @@ class Replica:
     def allreduce_gradients(self) -> None:
         """Sum the gradient buffer over the ranks: one Allreduce per step."""
         self.allreduce(self.net.flat_gradient(), "the gradient Allreduce")
+
+    def batch_norm_forward(self, Z: Any, gamma: Any, beta: Any, running_mean: Any,
+                           running_var: Any, train: bool, momentum: float, eps: float,
+                           activation: Any, Zhat: Any, mean: Any, inv_std: Any, A: Any) -> None:
+        """The backend's ``batch_norm_forward`` (training mode) with the statistics of the
+        global batch of B rows, this rank's rows of it in Z: ``mean = Σ_ranks Σ_rows Z / B``,
+        then ``var = Σ_ranks Σ_rows (Z - mean)² / B`` (two passes, as one process; two
+        Allreduces of n values), the running averages moved with the unbiased factor
+        B / (B - 1)."""
+        be, rows = self.net.backend, self._batch_rows
+        be.batch_norm_sums(Z, None, mean)
+        self.allreduce(mean, "the Allreduce of batch normalization's sums")
+        be.scale(mean, 1.0 / rows)
+        be.batch_norm_sums(Z, mean, inv_std)
+        self.allreduce(inv_std, "the Allreduce of batch normalization's squares")
+        be.batch_norm_finish(mean, inv_std, rows, running_mean, running_var, momentum, eps,
+                             inv_std)
+        be.batch_norm_apply(Z, mean, inv_std, gamma, beta, activation, Zhat, A)
+
+    def batch_norm_backward(self, G: Any, Zhat: Any, gamma: Any, inv_std: Any, dgamma: Any,
+                            dbeta: Any, out: Any) -> None:
+        """The backend's ``batch_norm_backward`` through the global batch's statistics:
+        ``∂L/∂Z`` needs the global ``Σ G`` and ``Σ G ⊙ Ẑ``, summed (one Allreduce of 2n
+        values) in a buffer of their own; ``dgamma``, ``dbeta`` (views into the gradient
+        buffer) keep this rank's sums, which the gradient Allreduce adds up."""
+        be = self.net.backend
+        sums = self._bn_sums[G.shape[1]]
+        be.batch_norm_backward_sums(G, Zhat, dgamma, dbeta)
+        be.copy(dgamma, sums[0])
+        be.copy(dbeta, sums[1])
+        self.allreduce(sums, "the Allreduce of batch normalization's gradient sums")
+        be.batch_norm_backward_apply(G, Zhat, gamma, inv_std, sums[0], sums[1],
+                                     self._batch_rows, out)
+
+    def _batch_norm_without_rows(self, ws: Any) -> None:
+        """A step in which this rank has no row, with batch normalization: it adds zeros to
+        every sum the others' forward and backward passes Allreduce, in their order, and
+        moves its running averages as they do (``ws``: scratch for the statistics)."""
+        net, be = self.net, self.net.backend
+        from .network import BN_EPS, BN_MOMENTUM
+        rows = self._batch_rows
+        layers = [l for l, f in enumerate(net.batch_norm) if f]
+        for l in layers:
+            mean, inv_std = ws.mean[l], ws.inv_std[l]
+            mean.fill(0)
+            self.allreduce(mean, "the Allreduce of batch normalization's sums")
+            be.scale(mean, 1.0 / rows)
+            inv_std.fill(0)
+            self.allreduce(inv_std, "the Allreduce of batch normalization's squares")
+            be.batch_norm_finish(mean, inv_std, rows, net.running_mean[l], net.running_var[l],
+                                 BN_MOMENTUM, BN_EPS, inv_std)
+        for l in reversed(layers):
+            sums = self._bn_sums[net.layer_sizes[l + 1]]
+            sums.fill(0)
+            self.allreduce(sums, "the Allreduce of batch normalization's gradient sums")
 
     def dropout(self, layer: int, A: Any, rate: float, mask: Any, out: Any) -> None:
         """Dropout with the masks one process would draw for the global batch: the whole
@@ -458,6 +512,7 @@ class Replica:
                                wb, replica=self)
             else:
                 self._draw_masks()
+                self._batch_norm_without_rows(full)
                 net.flat_gradient().fill(0)
                 self.allreduce_gradients()
                 net._apply_gradients(full, optimizer, lr, l1, l2, clip_norm, clip_value)

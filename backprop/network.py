@@ -507,7 +507,9 @@ class Network:
             if self.batch_norm[l]:
                 Zhat = ws.Zhat[l]
                 be.forward(inputs[l], self.W[l], self.b[l], _IDENTITY, Zhat, Zhat)
-                be.batch_norm_forward(Zhat, self.gamma[l], self.beta[l], self.running_mean[l],
+                # a replica's batch statistics are those of the global batch
+                bn = be if replica is None or not batch_stats else replica
+                bn.batch_norm_forward(Zhat, self.gamma[l], self.beta[l], self.running_mean[l],
                                       self.running_var[l], batch_stats,
                                       BN_MOMENTUM if train else 0.0, BN_EPS,
                                       self.activations[l], Zhat, ws.mean[l], ws.inv_std[l], out)
@@ -558,7 +560,7 @@ class Network:
             bn_grads = self.batch_norm_gradients()
         for l in range(L - 1, -1, -1):
             if l > 0:  # δ_{l-1} from δ_l, needs W_l before its update
-                self._hidden_delta(ws, l - 1, train, bn_grads)
+                self._hidden_delta(ws, l - 1, train, bn_grads, replica)
             dW, db = grads[l]
             if sgd is not None and l < L - 1 and self.batch_norm[l]:
                 be.weight_grad(ws.delta[l], inputs[l], dW, db)
@@ -569,10 +571,12 @@ class Network:
                 be.sgd_weight_update(ws.delta[l], inputs[l], self.W[l], self.b[l], sgd, dW, db)
 
     def _hidden_delta(self, ws: Workspace, h: int, train: bool,
-                      bn_grads: list[tuple[Array, Array] | None] | None) -> None:
+                      bn_grads: list[tuple[Array, Array] | None] | None,
+                      replica: "Replica | None" = None) -> None:
         """δ of hidden layer h from δ_{h+1}: ``E = ∂L/∂A_h = (δ_{h+1} W_{h+1} + [skip] E_{h+1})
         ⊙ mask_h``, ``δ_h = E ⊙ σ'(H_h)`` (H_h = A_h without a skip), then through batch
-        normalization (its dγ, dβ into ``bn_grads[h]``)."""
+        normalization (its dγ, dβ into ``bn_grads[h]``; a ``replica`` differentiates through
+        the global batch's statistics, :meth:`backprop.distributed.Replica.batch_norm_backward`)."""
         be = self.backend
         above = h + 1
         skip_above = above < self.n_layers - 1 and self.residual[above]
@@ -593,7 +597,8 @@ class Network:
                                    ws.delta[h])
         if self.batch_norm[h]:
             dgamma, dbeta = bn_grads[h]
-            be.batch_norm_backward(ws.delta[h], ws.Zhat[h], self.gamma[h], ws.inv_std[h],
+            bn = be if replica is None else replica
+            bn.batch_norm_backward(ws.delta[h], ws.Zhat[h], self.gamma[h], ws.inv_std[h],
                                    dgamma, dbeta, ws.delta[h])
 
     def train_step(self, ws: Workspace, X: Array, Y: Array, optimizer: _optimizers.Optimizer,

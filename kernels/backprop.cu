@@ -125,12 +125,24 @@ __global__ void output_delta(const T* A, const T* Y, T* delta, long long n, long
 
 // ---------------------------------------------------------------- batch normalization
 
+// The running averages of column c move towards the batch mean m and the unbiased variance
+// q / (rows - 1) (rows = 1: q, the biased one), q = Σ_r (Z - m)²; momentum 0 leaves them.
+template <typename T>
+__device__ void batch_norm_running(T* running_mean, T* running_var, long long c, double m,
+                                   double q, long long rows, T momentum) {
+    if (momentum != T(0)) {
+        const double k = (double)momentum;
+        const double unbiased = rows > 1 ? q / (double)(rows - 1) : q / (double)rows;
+        running_mean[c] = (T)((1.0 - k) * (double)running_mean[c] + k * m);
+        running_var[c] = (T)((1.0 - k) * (double)running_var[c] + k * unbiased);
+    }
+}
+
 // Batch normalization, step 1: the statistics of each column c, one thread per column (the
 // threads of a warp read consecutive columns of a row: coalesced), summed in double in row
 // order (deterministic). train: mean = Σ_r Z / rows, var = Σ_r (Z - mean)² / rows (two
-// passes), and when momentum != 0 the running averages move towards mean and the unbiased
-// variance var · rows / (rows - 1) (rows = 1: var); else mean, var = the running averages.
-// Then inv_std = 1 / √(var + eps).
+// passes), and the running averages moved (batch_norm_running); else mean, var = the running
+// averages. Then inv_std = 1 / √(var + eps).
 template <typename T>
 __global__ void batch_norm_stats(const T* Z, T* running_mean, T* running_var, T* mean,
                                  T* inv_std, long long rows, long long cols, int train,
@@ -147,18 +159,46 @@ __global__ void batch_norm_stats(const T* Z, T* running_mean, T* running_var, T*
                 q += d * d;
             }
             v = q / (double)rows;
-            if (momentum != T(0)) {
-                const double k = (double)momentum;
-                const double unbiased = rows > 1 ? q / (double)(rows - 1) : v;
-                running_mean[c] = (T)((1.0 - k) * (double)running_mean[c] + k * m);
-                running_var[c] = (T)((1.0 - k) * (double)running_var[c] + k * unbiased);
-            }
+            batch_norm_running(running_mean, running_var, c, m, q, rows, momentum);
         } else {
             m = (double)running_mean[c];
             v = (double)running_var[c];
         }
         mean[c] = (T)m;
         inv_std[c] = (T)(1.0 / sqrt(v + (double)eps));
+    }
+}
+
+// A batch split across processes (backprop.distributed), one thread per column, in double in
+// row order: out = Σ_r Z (center null), else Σ_r (Z - center)²: one process's part.
+template <typename T>
+__global__ void batch_norm_sums(const T* Z, const T* center, T* out, long long rows,
+                                long long cols) {
+    GRID_STRIDE(c, cols) {
+        double s = 0.0;
+        if (center) {
+            const double m = (double)center[c];
+            for (long long r = 0; r < rows; ++r) {
+                const double d = (double)Z[r * cols + c] - m;
+                s += d * d;
+            }
+        } else {
+            for (long long r = 0; r < rows; ++r) s += (double)Z[r * cols + c];
+        }
+        out[c] = (T)s;
+    }
+}
+
+// ... then, from the global batch's mean and squares = Σ (Z - mean)² over its rows: the
+// running averages moved and inv_std = 1 / √(squares / rows + eps). inv_std may be squares.
+template <typename T>
+__global__ void batch_norm_finish(const T* mean, const T* squares, T* running_mean,
+                                  T* running_var, T* inv_std, long long rows, long long cols,
+                                  T momentum, T eps) {
+    GRID_STRIDE(c, cols) {
+        const double q = (double)squares[c];
+        batch_norm_running(running_mean, running_var, c, (double)mean[c], q, rows, momentum);
+        inv_std[c] = (T)(1.0 / sqrt(q / (double)rows + (double)eps));
     }
 }
 
@@ -175,6 +215,11 @@ __global__ void batch_norm_apply(const T* Z, const T* mean, const T* inv_std, co
         Zhat[i] = zhat;
         A[i] = activate(gamma[c] * zhat + (beta ? beta[c] : T(0)), code, alpha);
     }
+}
+
+// ∂L/∂Z of one element: gamma · inv_std · (g - mean(G) - zhat · mean(G ⊙ Zhat)), k = gamma · inv_std.
+__device__ inline double batch_norm_grad(double k, double g, double zhat, double mg, double mgz) {
+    return k * (g - mg - zhat * mgz);
 }
 
 // The backward pass of batch normalization through the batch statistics, one thread per
@@ -197,8 +242,40 @@ __global__ void batch_norm_backward(const T* G, const T* Zhat, const T* gamma,
         const double mg = sg / (double)rows, mgz = sgz / (double)rows;
         for (long long r = 0; r < rows; ++r) {
             const long long i = r * cols + c;
-            out[i] = (T)(k * ((double)G[i] - mg - (double)Zhat[i] * mgz));
+            out[i] = (T)batch_norm_grad(k, (double)G[i], (double)Zhat[i], mg, mgz);
         }
+    }
+}
+
+// The same taken apart for a batch split across processes: first each process's sums
+// (dbeta = Σ_r G, dgamma = Σ_r G ⊙ Zhat, one thread per column) ...
+template <typename T>
+__global__ void batch_norm_backward_sums(const T* G, const T* Zhat, T* dgamma, T* dbeta,
+                                         long long rows, long long cols) {
+    GRID_STRIDE(c, cols) {
+        double sg = 0.0, sgz = 0.0;
+        for (long long r = 0; r < rows; ++r) {
+            const double g = (double)G[r * cols + c];
+            sg += g;
+            sgz += g * (double)Zhat[r * cols + c];
+        }
+        dbeta[c] = (T)sg;
+        dgamma[c] = (T)sgz;
+    }
+}
+
+// ... then, elementwise with the global batch's sums and its row count `rows`, ∂L/∂Z
+// (n = this process's rows · cols elements). out may be G.
+template <typename T>
+__global__ void batch_norm_backward_apply(const T* G, const T* Zhat, const T* gamma,
+                                          const T* inv_std, const T* dgamma, const T* dbeta,
+                                          T* out, long long n, long long cols, long long rows) {
+    GRID_STRIDE(i, n) {
+        const long long c = i % cols;
+        const double k = (double)gamma[c] * (double)inv_std[c];
+        out[i] = (T)batch_norm_grad(k, (double)G[i], (double)Zhat[i],
+                                    (double)dbeta[c] / (double)rows,
+                                    (double)dgamma[c] / (double)rows);
     }
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def network(case: dict, seed: int | None) -> Network:
     hidden = case.get("activation", "tanh")
     sizes = case["sizes"]
     extra = {}
-    if case.get("batch_norm"):
-        extra["batch_norm"] = True
+    for flag in ("batch_norm", "residual"):
+        if case.get(flag):
+            extra[flag] = True
     backend = case.get("backend", "numpy")
     return Network(sizes, [hidden] * (len(sizes) - 2) + [out], loss, dtype="float64",
                    backend=backend, device="cuda" if backend == "cupy" else "cpu", seed=seed,
@@ -55,11 +57,17 @@ def fit_args(case: dict) -> dict:
                 optimizer=case.get("optimizer", "sgd"), seed=case.get("seed", 7),
                 shuffle=case.get("shuffle", True), l1=case.get("l1", 0.0),
                 l2=case.get("l2", 0.0), clip_norm=case.get("clip_norm"))
+    for name in ("clip_value", "warmup_steps", "validation_split", "diagnostics"):
+        if name in case:
+            args[name] = case[name]
     return args
 
 
 def flat(net: Network) -> np.ndarray:
-    return np.concatenate([p.ravel() for pair in net.get_parameters() for p in pair])
+    """Every parameter (W, b, then batch normalization's γ, β) and buffer (running mean and
+    variance) as one host vector."""
+    return np.concatenate([np.asarray(net.backend.to_numpy(p)).ravel()
+                           for p in net.parameters() + net.buffers()])
 
 
 def run_case(case: dict, comm: MPI.Comm) -> dict:
@@ -68,6 +76,8 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     weights = None
     if case.get("sample_weight"):
         weights = np.random.default_rng(5).uniform(0.1, 2.0, X.shape[0])
+        for lo, hi in case.get("zero_weight", []):   # rows [lo, hi) weigh nothing
+            weights[lo:hi] = 0.0
     args = fit_args(case)
     shard = case.get("shard", False)
     Xr, Yr, wr = X, Y, weights
@@ -104,8 +114,10 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
             net.fit(Xr, Yr, distributed=True, shard=shard, checkpoint=path,
                     **{**args, "epochs": case["resume_at"]}, **extra)
             net = network(case, seed=99 + rank)
-        history = net.fit(Xr, Yr, distributed=True, shard=shard, checkpoint=case.get("checkpoint"),
-                          **args, **extra)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = net.fit(Xr, Yr, distributed=True, shard=shard,
+                              checkpoint=case.get("checkpoint"), **args, **extra)
     finally:
         Communicator.allreduce = allreduce
         _state.write = write
@@ -114,6 +126,8 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     mine = flat(net)
     every = comm.gather(mine, root=0)
     written = comm.gather(len(writes), root=0)
+    # per rank, the warnings its fit gave (diagnostics': rank 0's alone)
+    warned = comm.gather(len(caught), root=0)
     if rank != 0:
         return {}
     reference = network(case, seed=case.get("net_seed", 1))
@@ -125,8 +139,12 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
             "between_ranks": float(max(np.abs(p - mine).max() for p in every)),
             "loss": history["loss"], "ref_loss": ref_history["loss"],
             "steps": net.optimizer_.t, "ref_steps": reference.optimizer_.t,
-            "allreduces": len(calls), "epochs": args["epochs"], "nccl": device_calls,
-            "n_parameters": net.n_parameters, "writes": written}
+            "allreduces": {what: calls.count(what) for what in calls},
+            "epochs": args["epochs"], "nccl": device_calls,
+            "n_parameters": net.n_parameters, "writes": written,
+            "diagnostics": len(history.diagnostics), "warnings": warned,
+            "val_loss": history.history.get("val_loss"),
+            "ref_val_loss": ref_history.history.get("val_loss")}
 
 
 def use_emulator() -> None:

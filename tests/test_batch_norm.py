@@ -91,6 +91,65 @@ def test_kernels_match_the_transcription(backend, dtype, activation):
         assert_close(db, want_db, tol, "dbeta")
 
 
+@pytest.mark.parametrize("activation", [Tanh(), Softmax()], ids=str)
+def test_split_kernels_on_parts_of_a_batch(backend, dtype, activation):
+    """The kernels of a batch split across processes (backprop.distributed): each part's
+    sums, added up as the ranks' Allreduce adds them, give the whole batch's forward
+    (statistics, running averages, Ẑ, A) and backward (∂L/∂Z, dγ, dβ) of the transcription."""
+    rng = np.random.default_rng(1)
+    B, n, parts = 7, 5, ((0, 3), (3, 4), (4, 7))
+    net = make_network(backend, [2, n, 1], ["identity", "identity"], dtype=dtype)
+    be, dt = net.backend, net.dtype
+    tol = RTOL[np.dtype(dtype)]
+    Z = rng.normal(1.0, 2.0, (B, n))
+    gamma, beta = 1 + 0.3 * rng.normal(size=n), 0.3 * rng.normal(size=n)
+    rm, rv = rng.normal(size=n), rng.uniform(0.5, 2, n)
+    dev = lambda x: be.asarray(np.array(x, dt))                   # noqa: E731  (a copy)
+    host = lambda x: np.asarray(to_numpy(x), np.float64)          # noqa: E731
+    Zs = [dev(Z[a:b]) for a, b in parts]
+    part = be.empty((n,), dt)
+
+    def allreduce(center):          # Σ over the parts of their sums, as one Allreduce
+        total = np.zeros(n)
+        for z in Zs:
+            be.batch_norm_sums(z, center, part)
+            total += host(part)
+        return dev(total)
+    mean = allreduce(None)
+    be.scale(mean, 1.0 / B)
+    squares = allreduce(mean)
+    m, v = dev(rm), dev(rv)
+    be.batch_norm_finish(mean, squares, B, m, v, 0.1, 1e-5, squares)       # in place
+    inv_std = squares
+    y, cache = bn_train(Z, gamma, beta)
+    want_m, want_v = bn_running(rm, rv, Z, 0.1)
+    assert_close(mean, cache[1], tol, "mean")
+    assert_close(inv_std, 1 / np.sqrt(cache[2] + 1e-5), tol, "inv_std")
+    assert_close(m, want_m, tol, "running_mean")
+    assert_close(v, want_v, tol, "running_var")
+    from bn_oracle import rows
+    dy = rng.normal(size=(B, n))
+    want_dx, want_dg, want_db = bn_backward(dy, cache)
+    sums = np.zeros((2, n))
+    Gs, Zhats = [], []
+    for (a, b), z in zip(parts, Zs):
+        zhat, A = be.empty((b - a, n), dt), be.empty((b - a, n), dt)
+        be.batch_norm_apply(z, mean, inv_std, dev(gamma), dev(beta), activation, zhat, A)
+        assert_close(A, rows(activation, y)[a:b], tol, "A")
+        assert_close(zhat, cache[3][a:b], tol, "Zhat")
+        G, dg, db = dev(dy[a:b]), be.empty((n,), dt), be.empty((n,), dt)
+        be.batch_norm_backward_sums(G, zhat, dg, db)
+        sums += [host(dg), host(db)]
+        Gs.append(G)
+        Zhats.append(zhat)
+    assert_close(dev(sums[0]), want_dg, tol, "dgamma")
+    assert_close(dev(sums[1]), want_db, tol, "dbeta")
+    for (a, b), G, zhat in zip(parts, Gs, Zhats):
+        be.batch_norm_backward_apply(G, zhat, dev(gamma), inv_std, dev(sums[0]), dev(sums[1]),
+                                     B, G)                                # in place
+        assert_close(G, want_dx[a:b], 50 * tol, "dx")
+
+
 def test_one_row_batch_keeps_the_running_variance_finite(backend):
     """B = 1: the unbiased variance is undefined; the update uses the biased one (0)."""
     be = make_network(backend, [2, 3, 1], ["identity", "identity"], dtype="float64").backend

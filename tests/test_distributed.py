@@ -59,22 +59,43 @@ def run_cases(ranks: int, cases: list[dict], tmp_path: Path, *options: str) -> l
     return json.loads(out.read_text())
 
 
+def expected_allreduces(case: dict, r: dict) -> tuple[dict[str, int], list[int]]:
+    """The Allreduces a fit makes: over MPI (by what they sum) and over NCCL (their element
+    counts, in order). Per step one of the whole gradient buffer, and with batch
+    normalization three per normalized layer (its column sums and squares forward, its
+    gradient sums backward); per epoch one of the loss, and with sample weights and shard
+    one of the batches' weight sums (and one of the data set's, per fit)."""
+    steps, epochs = r["steps"], r["epochs"]
+    hidden = case["sizes"][1:-1] if case.get("batch_norm") else []
+    host = {"the Allreduce of the epoch's loss": epochs}
+    if case.get("sample_weight") and case.get("shard"):
+        host["the Allreduce of the weight sums"] = 1
+        host["the Allreduce of the batches' weight sums"] = epochs
+    per_step = {"the gradient Allreduce": 1,
+                "the Allreduce of batch normalization's sums": len(hidden),
+                "the Allreduce of batch normalization's squares": len(hidden),
+                "the Allreduce of batch normalization's gradient sums": len(hidden)}
+    if case.get("backend") == "cupy":          # the device buffers go through NCCL
+        step = [n for n in hidden for _ in (0, 1)] + [2 * n for n in reversed(hidden)]
+        return host, (step + [r["n_parameters"]]) * steps
+    host.update({what: count * steps for what, count in per_step.items() if count})
+    return host, []
+
+
 def check(results: list[dict], cases: list[dict]) -> None:
     for case, r in zip(cases, results):
         assert r["steps"] == r["ref_steps"], case
         assert r["relative"] < TOLERANCE, (case, r["relative"])
         assert r["between_ranks"] == 0, (case, r["between_ranks"])      # replicas stay equal
         np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=TOLERANCE, err_msg=str(case))
-        # one gradient Allreduce per step over the whole buffer, one for each epoch's loss:
-        # nothing per tensor (on the cupy backend the gradients' go through NCCL)
+        # one gradient Allreduce per step over the whole buffer (nothing per tensor), one
+        # for each epoch's loss, batch normalization's and sample weights' sums
+        host, device = expected_allreduces(case, r)
+        assert r["allreduces"] == host, case
+        assert r["nccl"] == device, case
         # rank 0 alone writes the checkpoint (at every epoch's end and the final state)
         assert r["writes"][1:] == [0] * (len(r["writes"]) - 1), case
         assert (r["writes"][0] > 0) == bool(case.get("checkpoint")), case
-        if case.get("backend") == "cupy":
-            assert r["nccl"] == [r["n_parameters"]] * r["steps"], case
-            assert r["allreduces"] == r["epochs"], case
-        else:
-            assert r["nccl"] == [] and r["allreduces"] == r["steps"] + r["epochs"], case
 
 
 def trajectory_cases(backend: str) -> list[dict]:
@@ -209,15 +230,48 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["s2.npz", "state.npz"]
 
 
+def batch_norm_cases(backend: str) -> list[dict]:
+    base = {"sizes": [5, 8, 8, 3], "n": 37, "batch_size": 10, "backend": backend,
+            "batch_norm": True, "skew_init": True}
+    return [
+        {**base, "optimizer": "sgd"},
+        {**base, "optimizer": "adam", "dropout": 0.2, "residual": True},
+        {**base, "optimizer": "momentum", "shard": True},
+        # a last batch of 1 row: ranks without a row of it still take part in every sum
+        {**base, "n": 31, "optimizer": "rmsprop", "residual": True, "dropout": 0.25,
+         "activation": "relu"},
+        {**base, "shard": True, "n": 29, "batch_size": 7, "optimizer": "adamw",
+         "clip_norm": 0.5, "residual": True},
+    ]
+
+
 @needs_mpi
-@pytest.mark.skipif(not HAVE_BATCH_NORM, reason="needs batch normalization "
-                    "(Network(batch_norm=...), helper 'bn') merged")
-def test_same_trajectory_batch_norm(tmp_path):
-    """Batch statistics synchronised across ranks: the global batch's, as in one process."""
-    cases = [{"sizes": [5, 8, 6, 3], "n": 37, "batch_size": 10, "optimizer": o,
-              "batch_norm": True, **extra}
-             for o, extra in (("sgd", {}), ("adam", {"dropout": 0.2}), ("momentum", {"shard": True}))]
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_same_trajectory_batch_norm(ranks, tmp_path):
+    """Batch statistics synchronised across ranks: the global batch's mean and variance
+    forward, its sums backward, the running averages with its B / (B - 1); with residual
+    connections, dropout, shard and ranks without a row of the last batch: the parameters,
+    γ, β, running averages and losses of one process."""
+    cases = batch_norm_cases("numpy")
+    check(run_cases(ranks, cases, tmp_path), cases)
+
+
+@needs_mpi
+def test_same_trajectory_batch_norm_numba(tmp_path):
+    pytest.importorskip("numba")
+    cases = [c for c in batch_norm_cases("numba") if c.get("residual")]
     check(run_cases(3, cases, tmp_path), cases)
+
+
+@needs_mpi
+def test_same_trajectory_batch_norm_cupy_emulated_nccl(tmp_path):
+    """The batch sums Allreduced on the device by the emulator's NCCL, between the steps'
+    kernels; the result is one process's (graph path) trajectory."""
+    from support import fake_cupy
+    if fake_cupy().compiler() is None:
+        pytest.skip("g++, which the CUDA emulator needs, is absent")
+    cases = [{**c, "epochs": 2} for c in batch_norm_cases("cupy")[1::2]]
+    check(run_cases(3, cases, tmp_path, "--emulate-cuda"), cases)
 
 
 @needs_mpi

@@ -222,6 +222,50 @@ class Backend(ABC):
         ``out`` may be ``G``.
         """
 
+    # Batch normalization of a batch split across processes (backprop.distributed): the
+    # kernels above with their column sums taken apart, so that the sums can be added over
+    # the processes between them (N processes then compute what one computes for the global
+    # batch of ``rows`` rows, B here being this process's part, which may be 0 rows):
+    #   forward:  batch_norm_sums(Z, None, mean); Σ over processes; mean *= 1/rows;
+    #             batch_norm_sums(Z, mean, s); Σ over processes;
+    #             batch_norm_finish(mean, s, rows, ...); batch_norm_apply(Z, mean, inv_std, ...)
+    #   backward: batch_norm_backward_sums(G, Zhat, dgamma, dbeta); their Σ over processes;
+    #             batch_norm_backward_apply(G, Zhat, gamma, inv_std, Σdgamma, Σdbeta, rows, out)
+    # A single process uses the fused batch_norm_forward / batch_norm_backward instead.
+
+    @abstractmethod
+    def batch_norm_sums(self, Z: Array, center: Array | None, out: Array) -> None:
+        """``out = Σ_rows Z`` (``center`` None), else ``out = Σ_rows (Z - center)²``:
+        Z (B, n), center, out (n,); B = 0 gives zeros."""
+
+    @abstractmethod
+    def batch_norm_finish(self, mean: Array, squares: Array, rows: int, running_mean: Array,
+                          running_var: Array, momentum: float, eps: float,
+                          inv_std: Array) -> None:
+        """Training statistics from the global batch's ``mean`` and ``squares``
+        ``= Σ_rows (Z - mean)²`` over its ``rows`` rows: ``var = squares / rows``, the running
+        averages moved as in :meth:`batch_norm_forward` (momentum 0: untouched; the unbiased
+        variance ``squares / (rows - 1)``, rows = 1: ``var``), ``inv_std = 1 / √(var + eps)``.
+        All (n,); ``inv_std`` may be ``squares``."""
+
+    @abstractmethod
+    def batch_norm_apply(self, Z: Array, mean: Array, inv_std: Array, gamma: Array,
+                         beta: Array, activation: Activation, Zhat: Array, A: Array) -> None:
+        """``Zhat = (Z - mean) ⊙ inv_std``, ``A = σ(gamma ⊙ Zhat + beta)``: the second half of
+        :meth:`batch_norm_forward`. Z, Zhat, A (B, n), the rest (n,); ``Zhat`` may be ``Z``."""
+
+    @abstractmethod
+    def batch_norm_backward_sums(self, G: Array, Zhat: Array, dgamma: Array,
+                                 dbeta: Array) -> None:
+        """``dbeta = Σ_rows G``, ``dgamma = Σ_rows G ⊙ Zhat``: G, Zhat (B, n); dgamma, dbeta (n,)."""
+
+    @abstractmethod
+    def batch_norm_backward_apply(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                                  dgamma: Array, dbeta: Array, rows: int, out: Array) -> None:
+        """``out = gamma ⊙ inv_std ⊙ (G - dbeta / rows - Zhat ⊙ dgamma / rows)`` with the
+        global batch's sums ``dgamma``, ``dbeta`` and row count: the second half of
+        :meth:`batch_norm_backward`; ``out`` may be ``G``."""
+
     @abstractmethod
     def activation_backward(self, G: Array, A: Array, activation: Activation,
                             out: Array) -> None:

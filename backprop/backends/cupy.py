@@ -52,7 +52,8 @@ from .base import Array, Backend
 KERNELS = ("bias_activation", "bias_softmax", "activation_backward", "softmax_backward",
            "output_delta", "matmul", "sum_splits", "column_sum", "loss", "weight_norm",
            "sum_squares", "clip_factor", "update", "dropout", "multiply", "scale", "take_rows",
-           "batch_norm_stats", "batch_norm_apply", "batch_norm_backward", "add")
+           "batch_norm_stats", "batch_norm_apply", "batch_norm_backward", "batch_norm_sums",
+           "batch_norm_finish", "batch_norm_backward_sums", "batch_norm_backward_apply", "add")
 #: NumPy dtype name -> C type of the template argument
 CTYPES = {"float32": "float", "float64": "double"}
 #: the counter kernel's C types: the graph's step number, dropout's draw number
@@ -479,6 +480,12 @@ class CuPyBackend(Backend):
         self._launch("batch_norm_stats", Z.dtype, (blocks(n),), (THREADS,),
                      (Z, running_mean, running_var, mean, inv_std, np.int64(B), np.int64(n),
                       np.int32(bool(train)), T(momentum), T(eps)))
+        self._batch_norm_apply(Z, mean, inv_std, gamma, beta, activation, Zhat, A)
+
+    def _batch_norm_apply(self, Z: Array, mean: Array, inv_std: Array, gamma: Array,
+                          beta: Array, activation: Activation, Zhat: Array, A: Array) -> None:
+        B, n = Z.shape
+        T = _scalar(Z.dtype)
         softmax = activation.code == Code.SOFTMAX
         self._launch("batch_norm_apply", Z.dtype, (blocks(B * n),), (THREADS,),
                      (Z, mean, inv_std, gamma, np.uint64(0) if softmax else beta, Zhat, A,
@@ -496,6 +503,48 @@ class CuPyBackend(Backend):
                     *((v, (n,)) for v in (gamma, inv_std, dgamma, dbeta)))
         self._launch("batch_norm_backward", G.dtype, (blocks(n),), (THREADS,),
                      (G, Zhat, gamma, inv_std, dgamma, dbeta, out, np.int64(B), np.int64(n)))
+
+    def batch_norm_sums(self, Z: Array, center: Array | None, out: Array) -> None:
+        B, n = Z.shape
+        self._check(Z.dtype, (Z, (B, n)), (out, (n,)), *(() if center is None else
+                                                          ((center, (n,)),)))
+        self._launch("batch_norm_sums", Z.dtype, (blocks(n),), (THREADS,),
+                     (Z, np.uint64(0) if center is None else center, out, np.int64(B),
+                      np.int64(n)))
+
+    def batch_norm_finish(self, mean: Array, squares: Array, rows: int, running_mean: Array,
+                          running_var: Array, momentum: float, eps: float,
+                          inv_std: Array) -> None:
+        n = mean.shape[0]
+        T = _scalar(mean.dtype)
+        self._check(mean.dtype, *((v, (n,)) for v in (mean, squares, running_mean,
+                                                      running_var, inv_std)))
+        self._launch("batch_norm_finish", mean.dtype, (blocks(n),), (THREADS,),
+                     (mean, squares, running_mean, running_var, inv_std, np.int64(rows),
+                      np.int64(n), T(momentum), T(eps)))
+
+    def batch_norm_apply(self, Z: Array, mean: Array, inv_std: Array, gamma: Array,
+                         beta: Array, activation: Activation, Zhat: Array, A: Array) -> None:
+        B, n = Z.shape
+        self._check(Z.dtype, (Z, (B, n)), (Zhat, (B, n)), (A, (B, n)),
+                    *((v, (n,)) for v in (mean, inv_std, gamma, beta)))
+        self._batch_norm_apply(Z, mean, inv_std, gamma, beta, activation, Zhat, A)
+
+    def batch_norm_backward_sums(self, G: Array, Zhat: Array, dgamma: Array,
+                                 dbeta: Array) -> None:
+        B, n = G.shape
+        self._check(G.dtype, (G, (B, n)), (Zhat, (B, n)), (dgamma, (n,)), (dbeta, (n,)))
+        self._launch("batch_norm_backward_sums", G.dtype, (blocks(n),), (THREADS,),
+                     (G, Zhat, dgamma, dbeta, np.int64(B), np.int64(n)))
+
+    def batch_norm_backward_apply(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                                  dgamma: Array, dbeta: Array, rows: int, out: Array) -> None:
+        B, n = G.shape
+        self._check(G.dtype, (G, (B, n)), (Zhat, (B, n)), (out, (B, n)),
+                    *((v, (n,)) for v in (gamma, inv_std, dgamma, dbeta)))
+        self._launch("batch_norm_backward_apply", G.dtype, (blocks(B * n),), (THREADS,),
+                     (G, Zhat, gamma, inv_std, dgamma, dbeta, out, np.int64(B * n),
+                      np.int64(n), np.int64(rows)))
 
     def add(self, x: Array, y: Array, out: Array) -> None:
         self._check(x.dtype, (x, x.shape), (y, x.shape), (out, x.shape))

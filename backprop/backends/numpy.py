@@ -335,43 +335,86 @@ class NumPyBackend(Backend):
                            running_var: Array, train: bool, momentum: float, eps: float,
                            activation: Activation, Zhat: Array, mean: Array, inv_std: Array,
                            A: Array) -> None:
-        B = Z.shape[0]
         if train:
             np.mean(Z, axis=0, out=mean)
             np.subtract(Z, mean, out=Zhat)                 # two passes: no cancellation
             s = self._scratch(Z.shape, Z.dtype)
             np.multiply(Zhat, Zhat, out=s)
             np.mean(s, axis=0, out=inv_std)                # the biased variance, for now
-            if momentum:
-                c = self._scratch(mean.shape, mean.dtype, COLUMN)
-                running_mean *= 1.0 - momentum
-                np.multiply(mean, momentum, out=c)
-                running_mean += c
-                running_var *= 1.0 - momentum
-                np.multiply(inv_std, momentum * B / max(B - 1, 1), out=c)
-                running_var += c
+            self._running_stats(mean, inv_std, Z.shape[0], running_mean, running_var, momentum)
         else:
             np.copyto(mean, running_mean)
             np.copyto(inv_std, running_var)
             np.subtract(Z, mean, out=Zhat)
-        inv_std += eps
-        np.sqrt(inv_std, out=inv_std)
-        np.divide(1.0, inv_std, out=inv_std)
+        self._inv_std(inv_std, eps)
+        self._scale_shift(Zhat, inv_std, gamma, beta, activation, A)
+
+    def _running_stats(self, mean: Array, var: Array, rows: int, running_mean: Array,
+                       running_var: Array, momentum: float) -> None:
+        """The running averages moved towards ``mean`` and the unbiased ``var``."""
+        if momentum:
+            c = self._scratch(mean.shape, mean.dtype, COLUMN)
+            running_mean *= 1.0 - momentum
+            np.multiply(mean, momentum, out=c)
+            running_mean += c
+            running_var *= 1.0 - momentum
+            np.multiply(var, momentum * rows / max(rows - 1, 1), out=c)
+            running_var += c
+
+    @staticmethod
+    def _inv_std(var: Array, eps: float) -> None:
+        """``var ← 1 / √(var + eps)`` in place."""
+        var += eps
+        np.sqrt(var, out=var)
+        np.divide(1.0, var, out=var)
+
+    def _scale_shift(self, Zhat: Array, inv_std: Array, gamma: Array, beta: Array,
+                     activation: Activation, A: Array) -> None:
+        """``Zhat *= inv_std``, ``A = σ(gamma Zhat + beta)``: Zhat holds Z - mean."""
         Zhat *= inv_std
         np.multiply(Zhat, gamma, out=A)
         A += beta
         self._activate(A, activation, A)
 
+    def batch_norm_sums(self, Z: Array, center: Array | None, out: Array) -> None:
+        if center is None:
+            np.sum(Z, axis=0, out=out)
+            return
+        s = self._scratch(Z.shape, Z.dtype)
+        np.subtract(Z, center, out=s)
+        np.multiply(s, s, out=s)
+        np.sum(s, axis=0, out=out)
+
+    def batch_norm_finish(self, mean: Array, squares: Array, rows: int, running_mean: Array,
+                          running_var: Array, momentum: float, eps: float,
+                          inv_std: Array) -> None:
+        np.divide(squares, rows, out=inv_std)              # the biased variance, for now
+        self._running_stats(mean, inv_std, rows, running_mean, running_var, momentum)
+        self._inv_std(inv_std, eps)
+
+    def batch_norm_apply(self, Z: Array, mean: Array, inv_std: Array, gamma: Array,
+                         beta: Array, activation: Activation, Zhat: Array, A: Array) -> None:
+        np.subtract(Z, mean, out=Zhat)
+        self._scale_shift(Zhat, inv_std, gamma, beta, activation, A)
+
     def batch_norm_backward(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
                             dgamma: Array, dbeta: Array, out: Array) -> None:
-        B = G.shape[0]
+        self.batch_norm_backward_sums(G, Zhat, dgamma, dbeta)
+        self.batch_norm_backward_apply(G, Zhat, gamma, inv_std, dgamma, dbeta, G.shape[0], out)
+
+    def batch_norm_backward_sums(self, G: Array, Zhat: Array, dgamma: Array,
+                                 dbeta: Array) -> None:
         s = self._scratch(G.shape, G.dtype, 1)
         np.sum(G, axis=0, out=dbeta)
         np.multiply(G, Zhat, out=s)
         np.sum(s, axis=0, out=dgamma)
+
+    def batch_norm_backward_apply(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
+                                  dgamma: Array, dbeta: Array, rows: int, out: Array) -> None:
+        s = self._scratch(G.shape, G.dtype, 1)
         np.multiply(Zhat, dgamma, out=s)                   # Zhat ⊙ dgamma + dbeta
         s += dbeta
-        s *= 1.0 / B
+        s *= 1.0 / rows
         np.subtract(G, s, out=out)
         c = self._scratch(gamma.shape, gamma.dtype, COLUMN)
         np.multiply(gamma, inv_std, out=c)
