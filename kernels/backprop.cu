@@ -217,7 +217,7 @@ __global__ void batch_norm_apply(const T* Z, const T* mean, const T* inv_std, co
     }
 }
 
-// ∂L/∂Z of one element: gamma · inv_std · (g - mean(G) - zhat · mean(G ⊙ Zhat)), k = gamma · inv_std.
+// ∂L/∂Z of one element: k · (g - mean(G) - zhat · mean(G ⊙ Zhat)), k = gamma · inv_std.
 __device__ inline double batch_norm_grad(double k, double g, double zhat, double mg, double mgz) {
     return k * (g - mg - zhat * mgz);
 }

@@ -95,7 +95,8 @@ def test_kernels_match_the_transcription(backend, dtype, activation):
 def test_split_kernels_on_parts_of_a_batch(backend, dtype, activation):
     """The kernels of a batch split across processes (backprop.distributed): each part's
     sums, added up as the ranks' Allreduce adds them, give the whole batch's forward
-    (statistics, running averages, Ẑ, A) and backward (∂L/∂Z, dγ, dβ) of the transcription."""
+    (statistics, running averages, Ẑ, A) and backward (∂L/∂Z, dγ, dβ) of the
+    transcription."""
     rng = np.random.default_rng(1)
     B, n, parts = 7, 5, ((0, 3), (3, 4), (4, 7))
     net = make_network(backend, [2, n, 1], ["identity", "identity"], dtype=dtype)

@@ -257,7 +257,8 @@ class Backend(ABC):
     @abstractmethod
     def batch_norm_backward_sums(self, G: Array, Zhat: Array, dgamma: Array,
                                  dbeta: Array) -> None:
-        """``dbeta = Σ_rows G``, ``dgamma = Σ_rows G ⊙ Zhat``: G, Zhat (B, n); dgamma, dbeta (n,)."""
+        """``dbeta = Σ_rows G``, ``dgamma = Σ_rows G ⊙ Zhat``: G, Zhat (B, n); dgamma,
+        dbeta (n,)."""
 
     @abstractmethod
     def batch_norm_backward_apply(self, G: Array, Zhat: Array, gamma: Array, inv_std: Array,
