@@ -277,6 +277,17 @@ class Replica:
         self.weight = weight
         self._w_host = None if weight is None else np.asarray(
             net.backend.to_numpy(weight), dtype=np.float64)
+        self._w_total = float(n_local if weight is None else self._w_host.sum())
+        if weight is not None and shard:
+            total = np.array([self._w_total])
+            comm.allreduce(total, "the Allreduce of the weight sums")
+            self._w_total = float(total[0])
+            if not self._w_total > 0:
+                raise ValueError("sample_weight: every weight of every rank's part is 0; at "
+                                 "least one sample needs a positive weight")
+            if not np.isfinite(self._w_total):
+                raise ValueError(f"sample_weight: the ranks' weights sum to {self._w_total} "
+                                 "in float64; scale them down")
         self._fraction: float | None = None   # the current batch's weight share (weights)
         self._batch_rows = 0                  # the current global batch's size
         self._slice: tuple[int, int] | None = None  # its rows' positions here (no shard)
@@ -289,12 +300,7 @@ class Replica:
     @property
     def weight_total(self) -> float:
         """Σ w over the global data set (N without weights): the epoch loss's denominator."""
-        if self._w_host is None:
-            return float(self.n_global)
-        total = np.array([self._w_host.sum()])
-        if self.shard:
-            self.comm.allreduce(total, "the Allreduce of the weight sums")
-        return float(total[0])
+        return float(self.n_global) if self._w_host is None else self._w_total
 
     # ------------------------------------------------------------------ start of a fit
 

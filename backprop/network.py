@@ -702,13 +702,14 @@ class Network:
                     self.dtype, name=names[1], x_name=names[0])
         return X, Y
 
-    def _prepare_weight(self, sample_weight: Any, n: int,
-                        name: str = "sample_weight") -> Array | None:
-        """``sample_weight`` checked (:func:`backprop.validation.check_sample_weight`) and
-        on the device in the network's dtype; None stays None."""
+    def _prepare_weight(self, sample_weight: Any, n: int, name: str = "sample_weight",
+                        part: bool = False) -> Array | None:
+        """``sample_weight`` checked (:func:`backprop.validation.check_sample_weight`, whose
+        ``part`` this passes on) and on the device in the network's dtype; None stays None."""
         if sample_weight is None:
             return None
-        return check_sample_weight(self.backend, sample_weight, n, self.dtype, name=name)
+        return check_sample_weight(self.backend, sample_weight, n, self.dtype, name=name,
+                                   part=part)
 
     def loss(self, X: Any, Y: Any, sample_weight: Any = None) -> float:
         """The mean per-sample loss over (X, Y); with ``sample_weight`` (n_samples,) the

@@ -603,8 +603,14 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
         path = group.bcast_object(path, "the broadcast of the checkpoint path")
     opt = _optimizers.get(optimizer)
     split = _check_validation_split(validation_split, validation_data)
+    if split and group is not None and shard:
+        raise ValueError("validation_split: not with shard=True, where each rank would hold "
+                         "out rows of its own part and log its own val_loss (the ranks' "
+                         "callbacks would disagree); pass validation_data, the same on every "
+                         "rank")
     X, Y = net._prepare(X, Y)
-    weight = net._prepare_weight(sample_weight, X.shape[0])
+    # a rank's part of a sharded data set may weigh nothing: the Replica checks their sum
+    weight = net._prepare_weight(sample_weight, X.shape[0], part=group is not None and shard)
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):

@@ -190,12 +190,14 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
 
 
 def check_sample_weight(backend: Backend, sample_weight: Any, n_samples: int, dtype: np.dtype,
-                        name: str = "sample_weight") -> Any:
+                        name: str = "sample_weight", part: bool = False) -> Any:
     """Per-sample weights as a C-contiguous (n_samples,) array of ``dtype`` on the device.
 
     Numeric (pandas Series and nullable dtypes included), 1-D, one weight per sample,
     finite, >= 0, not all zero, their sum finite (scikit-learn's ``_check_sample_weight``
-    asks the same, less the last two: a weighted mean needs Σ w > 0).
+    asks the same, less the last two: a weighted mean needs Σ w > 0). ``part``: the weights
+    are one rank's part of a data set (``fit(distributed=True, shard=True)``), which may all
+    be 0; the sum over the parts is checked by :class:`backprop.distributed.Replica`.
     """
     w = _as_numeric(backend, sample_weight, name)
     if w.ndim != 1:
@@ -207,7 +209,7 @@ def check_sample_weight(backend: Backend, sample_weight: Any, n_samples: int, dt
     if bool((w < 0).any()):
         raise ValueError(f"{name}: weights must be >= 0, got a minimum of {float(w.min())!r}")
     total = float(backend.to_numpy(w.sum(dtype=np.float64)))
-    if not total > 0:
+    if not total > 0 and not part:
         raise ValueError(f"{name}: every weight is 0 (in {np.dtype(dtype).name}); at least one "
                          "sample needs a positive weight")
     if not math.isfinite(total):

@@ -274,15 +274,50 @@ def test_same_trajectory_batch_norm_cupy_emulated_nccl(tmp_path):
     check(run_cases(3, cases, tmp_path, "--emulate-cuda"), cases)
 
 
+def sample_weight_cases(backend: str) -> list[dict]:
+    base = {"sizes": [5, 8, 3], "n": 37, "batch_size": 10, "sample_weight": True,
+            "backend": backend, "skew_init": True}
+    return [
+        {**base, "optimizer": "sgd"},
+        {**base, "optimizer": "adam", "clip_norm": 0.3},
+        {**base, "optimizer": "sgd", "shard": True},
+        # in stored order: batch 2 weighs nothing at all, and in batch 1 the rows of rank 0
+        # (2 ranks: rows 0-4; 3 ranks: 0-2) weigh nothing while the others' do
+        {**base, "optimizer": "adam", "shuffle": False, "zero_weight": [[0, 5], [10, 20]]},
+        {**base, "optimizer": "momentum", "shuffle": False, "zero_weight": [[0, 5], [10, 20]],
+         "clip_value": 0.02, "warmup_steps": 6, "learning_rate": 0.3},
+        # shard: rank 0's own rows (the first 4 with 3 ranks, 9 with 2) all weigh nothing
+        {**base, "optimizer": "rmsprop", "shard": True, "zero_weight": [[0, 4]],
+         "dropout": 0.2},
+        {**base, "optimizer": "adamw", "shard": True, "clip_value": 0.05, "clip_norm": 0.5,
+         "warmup_steps": 4},
+        # with batch normalization (whose statistics ignore the weights, as in one process)
+        {**base, "sizes": [5, 6, 6, 3], "optimizer": "adam", "batch_norm": True,
+         "residual": True, "zero_weight": [[3, 12]], "n": 31},
+    ]
+
+
 @needs_mpi
-@pytest.mark.skipif(not HAVE_SAMPLE_WEIGHT, reason="needs sample weights "
-                    "(fit(sample_weight=...), helper 'weights') merged")
-def test_same_trajectory_sample_weight(tmp_path):
-    """Sample weights normalised by the global batch's weight sum."""
-    cases = [{"sizes": [5, 8, 3], "n": 37, "batch_size": 10, "optimizer": o,
-              "sample_weight": True, **extra}
-             for o, extra in (("sgd", {}), ("adam", {"clip_norm": 0.3}), ("sgd", {"shard": True}))]
-    check(run_cases(3, cases, tmp_path), cases)
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_same_trajectory_sample_weight(ranks, tmp_path):
+    """Sample weights: each rank's output delta normalised by the global batch's weight sum
+    (its rows' share of it), the loss by the data set's; with shard, batches and ranks
+    whose rows all weigh nothing, clipping by value and the warm-up: one process's fit
+    with the same weights."""
+    cases = sample_weight_cases("numpy")
+    check(run_cases(ranks, cases, tmp_path), cases)
+
+
+@needs_mpi
+def test_same_trajectory_sample_weight_numba_cupy(tmp_path):
+    """The same on numba (whose one-process fit runs its fused epoch) and the cupy emulator
+    (the graph path in one process, NCCL when distributed)."""
+    pytest.importorskip("numba")
+    from support import fake_cupy
+    picked = sample_weight_cases("numba")[3:7:2]
+    if fake_cupy().compiler() is not None:
+        picked += [{**c, "backend": "cupy", "epochs": 2} for c in picked]
+    check(run_cases(3, picked, tmp_path, "--emulate-cuda"), picked)
 
 
 SCRIPT = """
@@ -471,3 +506,23 @@ def test_timeout_default_and_deadline(monkeypatch):
     with pytest.raises(ValueError, match="BACKPROP_DISTRIBUTED_TIMEOUT: expected a number"):
         Communicator(MPI.COMM_SELF)
     assert Communicator(MPI.COMM_SELF, timeout=7).timeout == 7.0
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
+def test_sharded_weights_and_split_checked_before_work():
+    """With shard, a rank's own weights may all be 0 (the sum over the ranks is checked),
+    and validation_split is refused (each rank would log its own val_loss)."""
+    from mpi4py import MPI
+    net = Network([3, 2], "sigmoid", "mse", seed=0, dtype="float64")
+    before = net.get_parameters()
+    X, Y = np.ones((4, 3)), np.zeros((4, 2))
+    kw = dict(epochs=1, batch_size=2, learning_rate=0.1, distributed=True,
+              comm=MPI.COMM_SELF, shard=True)
+    with pytest.raises(ValueError, match="every weight of every rank's part is 0"):
+        net.fit(X, Y, sample_weight=np.zeros(4), **kw)
+    with pytest.raises(ValueError, match="validation_split: not with shard=True"):
+        net.fit(X, Y, validation_split=0.25, **kw)
+    with pytest.raises(ValueError, match="sample_weight: every weight is 0"):   # no shard
+        net.fit(X, Y, sample_weight=np.zeros(4), **{**kw, "shard": False})
+    for (W0, b0), (W1, b1) in zip(before, net.get_parameters()):
+        assert np.array_equal(W0, W1) and np.array_equal(b0, b1)
