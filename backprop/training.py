@@ -727,7 +727,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                 history.append(logs)
                 last_finite.take(net)
                 if probe is not None:
-                    _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history, warned)
+                    _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
+                                    warned if lead else None)
                 if bar is not None:     # a compiled epoch calls between_steps once
                     bar.update((epoch + 1) * steps - bar.n)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")
@@ -800,13 +801,15 @@ def _probe(net: "Network", X: Any, Y: Any, seed: int | None) -> tuple[Any, Any, 
 
 
 def _diagnose_epoch(net: "Network", probe: tuple[Any, Any], epoch: int, learning_rate: float,
-                    history: History, warned: set[str]) -> None:
-    """Diagnose the probe batch after an epoch; warn once per fit for each kind of problem."""
+                    history: History, warned: set[str] | None) -> None:
+    """Diagnose the probe batch after an epoch; warn once per fit for each kind of problem
+    (``warned`` None: never, as on the ranks but 0 of a distributed fit, each of which
+    diagnoses the probe of its own rows, with no collective)."""
     from .diagnostics import DiagnosticWarning, _diagnose
     with np.errstate(all="ignore"):
         result = _diagnose(net, probe[0], probe[1], learning_rate, probe[2])
     history.diagnostics.append(result)
-    for verdict in result.verdicts:
+    for verdict in result.verdicts if warned is not None else ():
         if verdict.kind not in warned:
             warned.add(verdict.kind)
             warnings.warn(f"epoch {epoch}: {verdict.message}", DiagnosticWarning, stacklevel=4)

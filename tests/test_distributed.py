@@ -320,6 +320,27 @@ def test_same_trajectory_sample_weight_numba_cupy(tmp_path):
     check(run_cases(3, picked, tmp_path, "--emulate-cuda"), picked)
 
 
+@needs_mpi
+def test_validation_split_and_diagnostics(tmp_path):
+    """validation_split (taken off before the replica is made: the same held-out rows on
+    every rank) logs one process's val_loss; diagnostics=True diagnoses each rank's probe
+    without a collective (no deadlock), and rank 0 alone warns."""
+    base = {"sizes": [5, 8, 3], "n": 40, "batch_size": 10, "skew_init": True}
+    cases = [{**base, "optimizer": "adam", "validation_split": 0.25, "sample_weight": True},
+             {**base, "optimizer": "sgd", "validation_split": 0.3, "batch_norm": True,
+              "sizes": [5, 8, 8, 3], "dropout": 0.2},
+             {**base, "sizes": [5] + [8] * 10 + [3], "activation": "sigmoid",
+              "learning_rate": 0.1, "diagnostics": True}]
+    results = run_cases(3, cases, tmp_path)
+    check(results, cases)
+    for case, r in zip(cases[:2], results):
+        assert len(r["val_loss"]) == r["epochs"], case
+        np.testing.assert_allclose(r["val_loss"], r["ref_val_loss"], rtol=TOLERANCE)
+    diagnosed = results[2]
+    assert diagnosed["diagnostics"] == diagnosed["epochs"]
+    assert diagnosed["warnings"][0] == 1 and diagnosed["warnings"][1:] == [0, 0], diagnosed
+
+
 SCRIPT = """
 import sys, time
 import numpy as np
