@@ -31,6 +31,19 @@ The rules, in the order a fit applies them:
   (:meth:`backprop.network.Network.flat_gradient`; the per-layer dW, db are views into it),
   then clipping (``clip_norm``, on the averaged gradient) and the optimizer step, identical on
   every rank. A rank with no row of a batch contributes zeros and still steps.
+* **Batch normalization**: the statistics are the global batch's, as one process's: each
+  normalized layer's column sums Σz are Allreduced, then (two passes, as one process)
+  Σ(z − μ)², with the global row count B for the mean, the biased variance and the running
+  variance's unbiased factor B/(B − 1); backward, ∂L/∂Z needs the global Σg and Σg ⊙ ẑ, one
+  Allreduce of a buffer of their own (dγ, dβ in the gradient buffer keep the rank's sums,
+  which the gradient Allreduce adds up once). Three Allreduces of n values per normalized
+  layer and step; a rank with no row of a batch adds zeros to each.
+* **Sample weights**: a step descends the global batch's weighted mean loss: a rank's output
+  delta is scaled by its rows' share Σ_local w / Σ_batch w of the batch's weight sum (0 when
+  the batch weighs nothing); the epoch loss is divided by the global Σ w. With ``shard`` a
+  rank's own weights may all be 0 (the sum over the ranks must be positive), and
+  ``validation_split`` is refused (each rank would hold out its own rows and log its own
+  ``val_loss``).
 * **Dropout**: masks are drawn per global row. Every rank draws the whole global batch's
   masks from the shared generator, exactly as one process draws them, and uses its rows of
   them.
@@ -55,10 +68,12 @@ The rules, in the order a fit applies them:
   (see benchmarks/results/2vcpu-intel-xeon/distributed.md).
 
 Hooks for what other parts add (the interface they use): :meth:`Replica.allreduce` sums any
-buffer of the backend's device across ranks (batch normalization's per-feature batch sums in
-the forward and backward passes, so that its statistics are those of the global batch);
+buffer of the backend's device across ranks (batch normalization's per-feature batch sums,
+:meth:`Replica.batch_norm_forward` and :meth:`Replica.batch_norm_backward`);
 :meth:`Replica.row_fraction` is the factor a rank's output delta is scaled by (with sample
 weights: the rank's share of the global batch's weight sum rather than of its rows).
+``fit(diagnostics=True)``: every rank diagnoses a probe of its own rows, with no collective;
+rank 0 alone warns.
 """
 
 from __future__ import annotations

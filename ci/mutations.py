@@ -60,6 +60,7 @@ EMULATED = "tests/test_cupy.py -k '{k}'"
 SW = "tests/test_sample_weight.py"
 DIST = "backprop/distributed.py"
 DIST_TESTS = "tests/test_distributed.py -k 'trajectory_numpy and 2'"
+DIST_BN = "tests/test_distributed.py -k 'trajectory_batch_norm and 2'"
 
 MUTATIONS = [
     # ---- the NumPy backend: every kernel of the contract, every σ'
@@ -492,6 +493,20 @@ MUTATIONS = [
     Mutation("distributed: shard rows not shifted by the rank's offset", DIST,
              "return order[where] - self.offset,", "return order[where] % self.n_local,",
              DIST_TESTS),
+    Mutation("distributed: batch normalization's column sums not Allreduced (a rank's mean)",
+             DIST, "        be.batch_norm_sums(Z, None, mean)\n"
+             "        self.allreduce(mean, \"the Allreduce of batch normalization's sums\")\n",
+             "        be.batch_norm_sums(Z, None, mean)\n", DIST_BN),
+    Mutation("distributed: dβ Allreduced in the gradient buffer too (summed twice)", DIST,
+             "        be.copy(dbeta, sums[1])\n",
+             "        self.allreduce(dbeta); be.copy(dbeta, sums[1])\n", DIST_BN),
+    Mutation("distributed: batch normalization's backward divides by the rank's rows", DIST,
+             "                                     self._batch_rows, out)",
+             "                                     G.shape[0], out)", DIST_BN),
+    Mutation("distributed: sample weights' share ignored (rows' share instead)", DIST,
+             "        if self._fraction is not None:\n            return self._fraction",
+             "        if False:\n            return self._fraction",
+             "tests/test_distributed.py -k 'sample_weight and 2'"),
     Mutation("numpy scale ignores its factor", NP,
              "np.multiply(x, x.dtype.type(factor), out=x)", "np.multiply(x, 1, out=x)",
              DIST_TESTS),
