@@ -681,7 +681,7 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                    f"finished its {history.epochs} epochs")
             warnings.warn(f"checkpoint: {path} holds a fit that {how}; nothing left to train "
                           f"(epochs={epochs} counts the total). Delete the file, or pass "
-                          "another checkpoint path, to train anew", UserWarning, stacklevel=3)
+                          "another checkpoint path, to train anew", UserWarning, stacklevel=4)
         if bar is not None and history.epochs:
             bar.update(history.epochs * steps)
         probe = _probe(net, X, Y, seed) if diagnostics else None
@@ -722,7 +722,7 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                     if on_nonfinite == "raise":
                         error = FloatingPointError(message)
                     elif lead:
-                        warnings.warn(message, RuntimeWarning, stacklevel=3)
+                        warnings.warn(message, RuntimeWarning, stacklevel=4)
                     break
                 history.append(logs)
                 last_finite.take(net)
@@ -812,7 +812,7 @@ def _diagnose_epoch(net: "Network", probe: tuple[Any, Any], epoch: int, learning
     for verdict in result.verdicts if warned is not None else ():
         if verdict.kind not in warned:
             warned.add(verdict.kind)
-            warnings.warn(f"epoch {epoch}: {verdict.message}", DiagnosticWarning, stacklevel=4)
+            warnings.warn(f"epoch {epoch}: {verdict.message}", DiagnosticWarning, stacklevel=5)
 
 
 def _check_validation_split(validation_split: Any, validation_data: Any) -> float:
