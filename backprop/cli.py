@@ -174,12 +174,19 @@ def train(args: argparse.Namespace) -> None:
                   backend=args.backend, dtype=args.dtype, seed=args.seed)
     net.metadata = {k: v for k, v in metadata.items() if v is not None}
     options: dict[str, Any] = {}
-    if args.validation_split:       # Network.fit(validation_split=): helper "weights"
+    if args.validation_split:
         options["validation_split"] = args.validation_split
-    progress = sys.stdout.isatty() and _has("tqdm")
+    lead = True
+    if args.distributed:            # every rank of `mpiexec -n P backprop train ...` runs this
+        from . import distributed
+        options["distributed"] = True   # every rank reads the whole DATA (no shard: the
+        lead = distributed.rank() == 0    # class labels and columns are the same on each)
+    progress = lead and sys.stdout.isatty() and _has("tqdm")
     history = net.fit(X, target, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, optimizer=args.optimizer, seed=args.seed,
                       verbose="progress" if progress else False, **options)
+    if not lead:                    # rank 0 alone writes the model and prints
+        return
     net.save(args.out)
     last = {k: v[-1] for k, v in history.history.items()
             if k in ("loss", "val_loss", "val_accuracy")}
@@ -356,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the samples held out for validation (default: 0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI: run as `mpiexec -n P backprop train ...`; "
+                        "every rank reads DATA, --batch-size is the global batch, rank 0 "
+                        "writes --out")
     device_options(p)
     p.set_defaults(run=train)
 

@@ -547,3 +547,28 @@ def test_sharded_weights_and_split_checked_before_work():
         net.fit(X, Y, sample_weight=np.zeros(4), **{**kw, "shard": False})
     for (W0, b0), (W1, b1) in zip(before, net.get_parameters()):
         assert np.array_equal(W0, W1) and np.array_equal(b0, b1)
+
+
+@needs_mpi
+def test_command_line_train_distributed(tmp_path):
+    """`mpiexec -n 2 python -m backprop train ... --distributed`: rank 0 alone prints and writes
+    the model, whose parameters are those of the same command run in one process."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(45, 3))
+    labels = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    data = tmp_path / "data.csv"
+    rows = ("".join(f"{float(v)!r}," for v in x) + f"{y}\n" for x, y in zip(X, labels))
+    data.write_text("a,b,c,label\n" + "".join(rows))
+    command = ["-m", "backprop", "train", str(data), "--target", "label", "--layers", "5",
+               "--epochs", "3", "--batch-size", "8", "--dtype", "float64", "--backend", "numpy"]
+    done = launch(2, [*command, "--out", str(tmp_path / "two.bp"), "--distributed"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("trained Network") == 1 and "saved to" in done.stdout
+    one = subprocess.run([sys.executable, *command, "--out", str(tmp_path / "one.bp")],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two, single = (Network.load(tmp_path / name).get_parameters() for name in ("two.bp", "one.bp"))
+    for (W2, b2), (W1, b1) in zip(two, single):
+        np.testing.assert_allclose(W2, W1, rtol=TOLERANCE, atol=1e-12)
+        np.testing.assert_allclose(b2, b1, rtol=TOLERANCE, atol=1e-12)
