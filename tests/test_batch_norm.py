@@ -10,7 +10,8 @@ import oracles
 import pytest
 from bn_oracle import (bn_backward, bn_eval, bn_running, bn_train, batch_loss, forward,
                        params_of, set_batch_norm)
-from support import RTOL, assert_change_close, assert_close, make_network, random_targets
+from support import (DEVICE, EPOCH_PATH_BACKENDS, RTOL, assert_change_close, assert_close,
+                     make_network, random_targets)
 
 import backprop
 from backprop import to_numpy
@@ -370,14 +371,15 @@ def test_bad_flags():
 
 # ---------------------------------------------------------------- the whole-epoch paths
 
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=[pytest.mark.gpu] if DEVICE[b] == "cuda"
+                                                  else []) for b in EPOCH_PATH_BACKENDS],
+                         indirect=True)
 @pytest.mark.parametrize("optimizer,clip,dropout", [("sgd", None, 0.0), ("adam", 1.0, 0.2),
                                                     ("momentum", None, 0.0)])
 def test_cuda_graphs_run_and_change_nothing(backend, dtype, optimizer, clip, dropout):
     """On cupy the epoch runs as CUDA graph replays with batch normalization and residual
     connections, bit-identical to the same kernels launched eagerly; numba declines its fused
     epoch for these networks (the measured fallback: step by step), with the same result."""
-    if backend == "numpy":
-        pytest.skip("numpy has no whole-epoch path")
     rng = np.random.default_rng(7)
     X = rng.normal(size=(100, 8))
     Y = np.eye(3)[rng.integers(0, 3, 100)]
