@@ -599,8 +599,6 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     except (TypeError, ValueError) as e:
         raise ValueError(f"seed: expected None or a non-negative integer, got {seed!r} ({e})") from None
     path = _check_checkpoint(checkpoint) if lead else None
-    if group is not None and checkpoint is not None:
-        path = group.bcast_object(path, "the broadcast of the checkpoint path")
     opt = _optimizers.get(optimizer)
     split = _check_validation_split(validation_split, validation_data)
     if split and group is not None and shard:
@@ -608,7 +606,7 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                          "out rows of its own part and log its own val_loss (the ranks' "
                          "callbacks would disagree); pass validation_data, the same on every "
                          "rank")
-    X, Y = net._prepare(X, Y)
+    X, Y = net._prepare(X, Y, empty=group is not None and shard)   # a part may be empty
     # a rank's part of a sharded data set may weigh nothing: the Replica checks their sum
     weight = net._prepare_weight(sample_weight, X.shape[0], part=group is not None and shard)
     val = None
@@ -635,7 +633,18 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                          "validation_data for val_*")
     replica = None
     if group is not None:
-        from .distributed import Replica
+        from .distributed import Replica, agree_settings, describe
+        # before any collective that depends on them: the same settings on every rank
+        agree_settings(group, describe(
+            net, opt, val, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
+            warmup_steps=warmup_steps, shuffle=bool(shuffle),
+            seed="None" if seed is None else "an integer", checkpoint=checkpoint is not None,
+            validation_split=split, sample_weight=sample_weight is not None,
+            lr_schedule=lr_schedule, diagnostics=bool(diagnostics),
+            on_nonfinite=on_nonfinite, shard=shard))
+        if checkpoint is not None:
+            path = group.bcast_object(path, "the broadcast of the checkpoint path")
         replica = Replica(group, net, X, Y, shard, weight)
         seed = replica.agree_seed(seed)
         rng = np.random.default_rng(seed)
@@ -736,6 +745,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                     print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
                 # every callback sees every epoch, also after one of them asks to stop
                 history.stopped_early = any([_call(cb, epoch, logs, net) for cb in callbacks])
+                if replica is not None:     # every rank stops when any rank's callback asks
+                    history.stopped_early = replica.agree_stop(history.stopped_early)
                 if path and lead and not history.stopped_early:
                     _state.write(path, _state.capture(net))
                 if history.stopped_early:
