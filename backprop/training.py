@@ -693,9 +693,10 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                           "another checkpoint path, to train anew", UserWarning, stacklevel=4)
         if bar is not None and history.epochs:
             bar.update(history.epochs * steps)
-        probe = _probe(net, X, Y, seed) if diagnostics else None
+        # a rank whose part of a sharded data set is empty has no probe: None per epoch
+        probe = _probe(net, X, Y, seed) if diagnostics and X.shape[0] else None
         warned: set[str] = set()
-        if probe is not None:
+        if diagnostics:
             history.diagnostics = history.diagnostics[:history.epochs]
             history.diagnostics += [None] * (history.epochs - len(history.diagnostics))
         try:
@@ -738,6 +739,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                 if probe is not None:
                     _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
                                     warned if lead else None)
+                elif diagnostics:
+                    history.diagnostics.append(None)
                 if bar is not None:     # a compiled epoch calls between_steps once
                     bar.update((epoch + 1) * steps - bar.n)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")

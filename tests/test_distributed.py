@@ -463,7 +463,7 @@ def test_stop_on_one_rank_and_empty_parts(tmp_path):
     cases = [{**base, "n": 37, "optimizer": "adam", "epochs": 5, "stop_on": [1, 1]},
              {**base, "n": 37, "optimizer": "sgd", "shard": True, "stop_on": [2, 0]},
              {**base, "n": 53, "optimizer": "adam", "shard": True, "parts": [0, 20, 33],
-              "dropout": 0.2},
+              "dropout": 0.2, "diagnostics": True},
              {**base, "n": 53, "optimizer": "momentum", "shard": True, "parts": [20, 0, 33],
               "sample_weight": True, "batch_norm": True, "sizes": [5, 6, 6, 3]}]
     # a rank left in a collective would fail the launch after 30 s
@@ -471,6 +471,7 @@ def test_stop_on_one_rank_and_empty_parts(tmp_path):
     check(results, cases)
     assert results[0]["epochs_run"] == [[2, True]] * 3
     assert results[1]["epochs_run"] == [[1, True]] * 3
+    assert results[2]["diagnostics"] == 3      # rank 0, no rows, no probe: None per epoch
 
 
 @needs_mpi
@@ -604,6 +605,28 @@ def test_timeout_default_and_deadline(monkeypatch):
     with pytest.raises(ValueError, match="BACKPROP_DISTRIBUTED_TIMEOUT: expected a number"):
         Communicator(MPI.COMM_SELF)
     assert Communicator(MPI.COMM_SELF, timeout=7).timeout == 7.0
+
+
+def test_settings_description():
+    """What the ranks compare: every setting fit's behaviour depends on, the same in every
+    process (a schedule or function described without its address), the validation data
+    by its shape and checksums."""
+    from backprop import StepDecay
+    from backprop.distributed import _callable_description, describe
+    from backprop.optimizers import get
+    net = Network([3, 4, 2], ["relu", "identity"], "mse", seed=0, dtype="float64",
+                  dropout=0.1)
+    val = net._prepare(np.ones((5, 3)), np.zeros((5, 2))) + (None,)
+    d = describe(net, get("adam"), val, epochs=3, lr_schedule=StepDecay(0.5, 2), shard=False)
+    assert d["layer_sizes"] == [3, 4, 2] and d["dropout"] == [0.1]
+    assert d["activations"][0][0] == "relu" and d["dtype"] == "float64"
+    assert d["backend"] == net.backend.name and d["optimizer"][0] == "adam"
+    assert d["validation_data"][0] == ((5, 3), (15.0, 45.0)) and d["validation_data"][2] is None
+    assert d["lr_schedule"] == "backprop.training.StepDecay(every=2, factor=0.5)"
+    assert " at 0x" not in _callable_description(test_settings_description)
+    assert _callable_description(lambda e, lr: lr).endswith("<lambda>")
+    other = describe(net, get("sgd"), None)
+    assert other["optimizer"][0] == "sgd" and other["validation_data"] is None
 
 
 @pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
