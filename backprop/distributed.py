@@ -11,6 +11,18 @@ The rules, in the order a fit applies them:
 * **Communicator**: ``MPI.COMM_WORLD``, or ``comm=`` (an mpi4py communicator, or a
   :class:`Communicator` to set the ``timeout``). mpi4py is imported only then
   (``pip install 'backprop[mpi]'``).
+* **Same arguments**: every rank calls fit with the same arguments and an equal network
+  (rank 0 alone writes the checkpoint, but every rank passes its path; only X, Y and
+  sample_weight differ, with ``shard``). Before any other collective, one Allgather of each
+  rank's description of its settings (:func:`describe`: the architecture with activations,
+  dtype, dropout, batch normalization and residual flags, the backend, the optimizer and its
+  hyperparameters, epochs, batch_size, learning_rate, l1, l2, clip_norm, clip_value,
+  warmup_steps, shuffle, whether a seed, a checkpoint, sample weights are given,
+  validation_split, the validation data's checksums, the lr_schedule, diagnostics,
+  on_nonfinite, shard) is compared on every rank (:func:`agree_settings`): a difference
+  raises the same ValueError on every rank, naming the first setting that differs and each
+  rank's value, rather than a silent divergence or a collective's timeout. Callbacks and
+  ``verbose`` may differ (a logging callback on rank 0 alone).
 * **Seed and state**: ``seed=None`` becomes a seed drawn on rank 0 and broadcast, so that
   the shuffle order and the dropout masks are the same on every rank. The parameters, the
   optimizer's buffers and step count are broadcast from rank 0 (replicas built with
@@ -19,7 +31,9 @@ The rules, in the order a fit applies them:
 * **Batches**: the data set is N rows. By default every rank is given the whole data set
   (the same X, Y; N is its length). With ``shard=True`` each rank is given its own part:
   the global data set is the concatenation of the parts in rank order (global row
-  ``offset_r + i`` is row i of rank r, offsets from an Allgather of the part sizes). Each
+  ``offset_r + i`` is row i of rank r, offsets from an Allgather of the part sizes); a part
+  may be empty (its feature count is checked still; the global N must be at least 1), and
+  such a rank takes part in every step with no row. Each
   epoch one permutation of the N global rows is drawn from the shared generator and cut into
   global batches of ``batch_size`` rows (the last one partial), exactly as one process does.
   Without ``shard`` a global batch of B rows is split into contiguous, non-overlapping
@@ -48,10 +62,18 @@ The rules, in the order a fit applies them:
   masks from the shared generator, exactly as one process draws them, and uses its rows of
   them.
 * **Loss**: the epoch's summed loss is Allreduced, so every rank logs the global mean.
-  Validation data is evaluated by every rank (give each the same).
+  Validation data is evaluated whole by every rank, also with ``shard``: it must be the
+  same on every rank (checked by its checksums), so that every rank logs the same
+  ``val_loss`` and its callbacks see the same logs.
+* **Stopping**: after every epoch, one Allreduce of one value agrees the stop decision: when
+  a callback on any rank asks to stop, every rank stops after that epoch (its
+  ``history.stopped_early`` is True), so no rank is left waiting in the next epoch's
+  collectives. Divergence needs no collective: it is decided from values equal on every
+  rank (the global loss, the same validation data, the replicated parameters).
 * **Failures**: an exception on any rank (bad data, a callback, Ctrl-C) prints that rank's
   traceback to stderr and aborts the communicator (``MPI_Abort``), which ends every process
-  of the job with a non-zero exit status: no rank is left waiting in a collective. Every
+  of the job with a non-zero exit status (a SystemExit's own code, ``sys.exit(3)``, else 1):
+  no rank is left waiting in a collective. Every
   collective waits at most ``timeout`` seconds (polling a non-blocking MPI request), then
   raises TimeoutError (and so aborts the job). With one rank nothing is aborted: the
   exception propagates as without ``distributed``.
@@ -73,7 +95,7 @@ buffer of the backend's device across ranks (batch normalization's per-feature b
 :meth:`Replica.row_fraction` is the factor a rank's output delta is scaled by (with sample
 weights: the rank's share of the global batch's weight sum rather than of its rows).
 ``fit(diagnostics=True)``: every rank diagnoses a probe of its own rows, with no collective;
-rank 0 alone warns.
+rank 0 alone warns (a rank whose sharded part is empty has no probe: None per epoch).
 """
 
 from __future__ import annotations

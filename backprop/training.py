@@ -523,19 +523,26 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         Data-parallel training: every process of an MPI job calls fit, each holds a replica,
         ``batch_size`` is the global batch, split across the ranks, whose gradients are
         averaged by one Allreduce per step; the result is the one-process trajectory (see
-        :mod:`backprop.distributed` for the rules). Rank 0 alone prints, shows progress and
-        writes ``checkpoint``. An exception on any rank aborts the whole job.
+        :mod:`backprop.distributed` for the rules). Every rank passes the same arguments
+        (``checkpoint`` too, though rank 0 alone writes it; the same ``validation_data``,
+        which every rank evaluates) and an equal network: checked at the start, before any
+        other collective, a difference raising the same ValueError on every rank, naming
+        the setting. Rank 0 alone prints and shows progress. When a callback on any rank
+        asks to stop, every rank stops after that epoch. An exception on any rank aborts
+        the whole job.
     comm : mpi4py communicator or backprop.distributed.Communicator, optional
         The ranks to train over (default ``MPI.COMM_WORLD``); a Communicator sets the
         collectives' timeout. Only with ``distributed``.
     shard : bool
         With ``distributed``: each rank's X, Y are its own part of the data set (the global
-        data set is the parts concatenated in rank order), not the whole of it.
+        data set is the parts concatenated in rank order), not the whole of it; a part may
+        be empty (0 rows), the data set may not.
 
     Raises
     ------
     ValueError, TypeError
         Bad arguments, named, before any work. ``checkpoint`` holding another network's state.
+        ``distributed``: settings that differ between the ranks.
     ImportError
         ``distributed`` without mpi4py.
     TimeoutError
