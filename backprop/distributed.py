@@ -11,6 +11,18 @@ The rules, in the order a fit applies them:
 * **Communicator**: ``MPI.COMM_WORLD``, or ``comm=`` (an mpi4py communicator, or a
   :class:`Communicator` to set the ``timeout``). mpi4py is imported only then
   (``pip install 'backprop[mpi]'``).
+* **Same arguments**: every rank calls fit with the same arguments and an equal network
+  (rank 0 alone writes the checkpoint, but every rank passes its path; only X, Y and
+  sample_weight differ, with ``shard``). Before any other collective, one Allgather of each
+  rank's description of its settings (:func:`describe`: the architecture with activations,
+  dtype, dropout, batch normalization and residual flags, the backend, the optimizer and its
+  hyperparameters, epochs, batch_size, learning_rate, l1, l2, clip_norm, clip_value,
+  warmup_steps, shuffle, whether a seed, a checkpoint, sample weights are given,
+  validation_split, the validation data's checksums, the lr_schedule, diagnostics,
+  on_nonfinite, shard) is compared on every rank (:func:`agree_settings`): a difference
+  raises the same ValueError on every rank, naming the first setting that differs and each
+  rank's value, rather than a silent divergence or a collective's timeout. Callbacks and
+  ``verbose`` may differ (a logging callback on rank 0 alone).
 * **Seed and state**: ``seed=None`` becomes a seed drawn on rank 0 and broadcast, so that
   the shuffle order and the dropout masks are the same on every rank. The parameters, the
   optimizer's buffers and step count are broadcast from rank 0 (replicas built with
@@ -19,7 +31,9 @@ The rules, in the order a fit applies them:
 * **Batches**: the data set is N rows. By default every rank is given the whole data set
   (the same X, Y; N is its length). With ``shard=True`` each rank is given its own part:
   the global data set is the concatenation of the parts in rank order (global row
-  ``offset_r + i`` is row i of rank r, offsets from an Allgather of the part sizes). Each
+  ``offset_r + i`` is row i of rank r, offsets from an Allgather of the part sizes); a part
+  may be empty (its feature count is checked still; the global N must be at least 1), and
+  such a rank takes part in every step with no row. Each
   epoch one permutation of the N global rows is drawn from the shared generator and cut into
   global batches of ``batch_size`` rows (the last one partial), exactly as one process does.
   Without ``shard`` a global batch of B rows is split into contiguous, non-overlapping
@@ -48,10 +62,18 @@ The rules, in the order a fit applies them:
   masks from the shared generator, exactly as one process draws them, and uses its rows of
   them.
 * **Loss**: the epoch's summed loss is Allreduced, so every rank logs the global mean.
-  Validation data is evaluated by every rank (give each the same).
+  Validation data is evaluated whole by every rank, also with ``shard``: it must be the
+  same on every rank (checked by its checksums), so that every rank logs the same
+  ``val_loss`` and its callbacks see the same logs.
+* **Stopping**: after every epoch, one Allreduce of one value agrees the stop decision: when
+  a callback on any rank asks to stop, every rank stops after that epoch (its
+  ``history.stopped_early`` is True), so no rank is left waiting in the next epoch's
+  collectives. Divergence needs no collective: it is decided from values equal on every
+  rank (the global loss, the same validation data, the replicated parameters).
 * **Failures**: an exception on any rank (bad data, a callback, Ctrl-C) prints that rank's
   traceback to stderr and aborts the communicator (``MPI_Abort``), which ends every process
-  of the job with a non-zero exit status: no rank is left waiting in a collective. Every
+  of the job with a non-zero exit status (a SystemExit's own code, ``sys.exit(3)``, else 1):
+  no rank is left waiting in a collective. Every
   collective waits at most ``timeout`` seconds (polling a non-blocking MPI request), then
   raises TimeoutError (and so aborts the job). With one rank nothing is aborted: the
   exception propagates as without ``distributed``.
@@ -73,7 +95,7 @@ buffer of the backend's device across ranks (batch normalization's per-feature b
 :meth:`Replica.row_fraction` is the factor a rank's output delta is scaled by (with sample
 weights: the rank's share of the global batch's weight sum rather than of its rows).
 ``fit(diagnostics=True)``: every rank diagnoses a probe of its own rows, with no collective;
-rank 0 alone warns.
+rank 0 alone warns (a rank whose sharded part is empty has no probe: None per epoch).
 """
 
 from __future__ import annotations
@@ -205,6 +227,17 @@ class Communicator:
         self.bcast(buf, what, root)
         return obj if self.rank == root else pickle.loads(buf.tobytes())
 
+    def allgather_object(self, obj: Any, what: str) -> list[Any]:
+        """Every rank's ``obj``, pickled, in rank order (the lengths, then the bytes: two
+        collectives, both with the deadline)."""
+        data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+        counts = self.allgather_int(data.size, what)
+        out = np.empty(sum(counts), dtype=np.uint8)
+        displacements = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.wait(self.comm.Iallgatherv(data.copy(), [out, counts, displacements.tolist(),
+                                                      self.MPI.BYTE]), what)
+        return [pickle.loads(out[d:d + c].tobytes()) for d, c in zip(displacements, counts)]
+
     def allgather_int(self, value: int, what: str) -> list[int]:
         """Every rank's ``value``, in rank order."""
         out = np.empty(self.size, dtype=np.int64)
@@ -216,20 +249,85 @@ class Communicator:
     @contextlib.contextmanager
     def abort_on_error(self) -> Iterator[None]:
         """An exception inside prints this rank's traceback to stderr and aborts the job
-        (``MPI_Abort`` with status 1); with one rank it propagates unchanged."""
+        (``MPI_Abort``) with status 1, or a SystemExit's own non-zero integer code
+        (``sys.exit(3)`` in a callback ends the job with status 3 where the MPI library passes
+        it on, as MPICH's ``mpiexec`` does); with one rank it propagates unchanged."""
         try:
             yield
-        except BaseException:
+        except BaseException as error:
             if self.size == 1:
                 raise
+            code = 1
+            if isinstance(error, SystemExit) and isinstance(error.code, int) and error.code:
+                code = error.code
             try:
                 sys.stdout.flush()
                 sys.stderr.write(f"backprop.distributed: rank {self.rank} of {self.size} "
                                  f"raised; aborting the job\n{traceback.format_exc()}")
                 sys.stderr.flush()
             finally:
-                self.comm.Abort(1)
+                self.comm.Abort(code)
             raise  # pragma: no cover - Abort does not return
+
+
+def agree_settings(comm: Communicator, settings: dict[str, Any]) -> None:
+    """Check that every rank calls fit with the same settings (:func:`describe`), before any
+    collective that depends on them: one Allgather of every rank's description, compared on
+    every rank in the same order, so that every rank raises the same ValueError naming the
+    first setting that differs and each rank's value of it (rather than training apart or
+    waiting out the timeout in a collective another rank never calls)."""
+    every = comm.allgather_object(list(settings.items()),
+                                  "the Allgather of the fit's settings")
+    first = dict(every[0])
+    for key in first:
+        values = [repr(dict(d).get(key, "(not given)")) for d in every]
+        if len(set(values)) > 1:
+            groups: dict[str, list[int]] = {}
+            for r, v in enumerate(values):
+                groups.setdefault(v, []).append(r)
+            listing = "; ".join(f"rank{'s' if len(ranks) > 1 else ''} "
+                                f"{', '.join(map(str, ranks))}: {v}"
+                                for v, ranks in groups.items())
+            raise ValueError(f"{key}: every rank of a distributed fit must pass the same "
+                             f"arguments and network, but they differ ({listing})")
+
+
+def describe(net: "Network", optimizer: "Optimizer", val: Any,
+             **settings: Any) -> dict[str, Any]:
+    """What :func:`agree_settings` compares: the network's architecture (layer sizes,
+    activations, loss, dtype, dropout, batch normalization, residual), its backend's name,
+    the optimizer's kind and hyperparameters, the validation data's shape and float64
+    checksums (every rank evaluates it: it must be the same on every rank, also with
+    ``shard``), and fit's other ``settings`` as given (JSON-like values; a callable is
+    described by its type, and its public attributes or repr)."""
+    from .state import architecture
+    out: dict[str, Any] = dict(architecture(net))
+    out["backend"] = net.backend.name
+    out["optimizer"] = (optimizer.name, optimizer.hyperparameters())
+    if val is None:
+        out["validation_data"] = None
+    else:
+        be = net.backend
+        out["validation_data"] = [None if a is None else
+                                  (tuple(a.shape), _checksums(be, a.reshape(a.shape[0], -1)))
+                                  for a in val]
+    for key, value in settings.items():
+        out[key] = _callable_description(value) if callable(value) else value
+    return out
+
+
+def _callable_description(f: Any) -> str:
+    """A description of a callable that is the same in every process (no address)."""
+    name = getattr(f, "__qualname__", None)
+    if name is not None:                                    # a function, a class
+        return f"{getattr(f, '__module__', '')}.{name}"
+    kind = f"{type(f).__module__}.{type(f).__qualname__}"
+    text = repr(f)
+    if " at 0x" not in text:                                # a repr of its own
+        return text
+    public = {k: v for k, v in sorted(vars(f).items()) if not k.startswith("_")} \
+        if hasattr(f, "__dict__") else {}
+    return f"{kind}({', '.join(f'{k}={v!r}' for k, v in public.items())})"
 
 
 def rank(comm: Any = None) -> int:
@@ -270,6 +368,9 @@ class Replica:
         if shard:
             self.offset = sum(sizes[:self.rank])
             self.n_global = sum(sizes)
+            if self.n_global < 1:
+                raise ValueError(f"X: with shard=True the ranks' parts hold {sizes} rows; the "
+                                 "data set needs at least one sample")
         else:
             if len(set(sizes)) != 1:
                 raise ValueError(f"X: without shard=True every rank must be given the whole "
@@ -324,6 +425,15 @@ class Replica:
         if seed is None and self.rank == 0:
             seed = secrets.randbits(63)
         return self.comm.bcast_object(seed, "the broadcast of the seed")
+
+    def agree_stop(self, stop: bool) -> bool:
+        """Whether any rank stops after this epoch (a callback of its own asked to): one
+        Allreduce of one value per epoch, so that every rank stops at the same epoch."""
+        if self.size == 1:
+            return stop
+        flag = np.array([1.0 if stop else 0.0])
+        self.comm.allreduce(flag, "the Allreduce of the stop decision")
+        return bool(flag[0] > 0)
 
     def broadcast_state(self, optimizer: "Optimizer") -> None:
         """Rank 0's parameters, buffers (batch normalization's running averages), optimizer

@@ -695,11 +695,14 @@ class Network:
             return (y[:, 0] >= 0.5).astype(np.int64)
         return np.argmax(y, axis=1)
 
-    def _prepare(self, X: Any, Y: Any, names: tuple[str, str] = ("X", "Y")) -> tuple[Array, Array]:
-        """X and Y checked and on the device; errors name them as ``names``."""
-        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype, name=names[0])
+    def _prepare(self, X: Any, Y: Any, names: tuple[str, str] = ("X", "Y"),
+                 empty: bool = False) -> tuple[Array, Array]:
+        """X and Y checked and on the device; errors name them as ``names``; ``empty``: 0
+        samples accepted (a rank's part of a sharded data set)."""
+        X = check_X(self.backend, X, self.layer_sizes[0], self.dtype, name=names[0],
+                    empty=empty)
         Y = check_Y(self.backend, Y, X.shape[0], self.layer_sizes[-1], self.loss_function,
-                    self.dtype, name=names[1], x_name=names[0])
+                    self.dtype, name=names[1], x_name=names[0], empty=empty)
         return X, Y
 
     def _prepare_weight(self, sample_weight: Any, n: int, name: str = "sample_weight",

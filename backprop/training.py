@@ -523,19 +523,26 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         Data-parallel training: every process of an MPI job calls fit, each holds a replica,
         ``batch_size`` is the global batch, split across the ranks, whose gradients are
         averaged by one Allreduce per step; the result is the one-process trajectory (see
-        :mod:`backprop.distributed` for the rules). Rank 0 alone prints, shows progress and
-        writes ``checkpoint``. An exception on any rank aborts the whole job.
+        :mod:`backprop.distributed` for the rules). Every rank passes the same arguments
+        (``checkpoint`` too, though rank 0 alone writes it; the same ``validation_data``,
+        which every rank evaluates) and an equal network: checked at the start, before any
+        other collective, a difference raising the same ValueError on every rank, naming
+        the setting. Rank 0 alone prints and shows progress. When a callback on any rank
+        asks to stop, every rank stops after that epoch. An exception on any rank aborts
+        the whole job.
     comm : mpi4py communicator or backprop.distributed.Communicator, optional
         The ranks to train over (default ``MPI.COMM_WORLD``); a Communicator sets the
         collectives' timeout. Only with ``distributed``.
     shard : bool
         With ``distributed``: each rank's X, Y are its own part of the data set (the global
-        data set is the parts concatenated in rank order), not the whole of it.
+        data set is the parts concatenated in rank order), not the whole of it; a part may
+        be empty (0 rows), the data set may not.
 
     Raises
     ------
     ValueError, TypeError
         Bad arguments, named, before any work. ``checkpoint`` holding another network's state.
+        ``distributed``: settings that differ between the ranks.
     ImportError
         ``distributed`` without mpi4py.
     TimeoutError
@@ -599,8 +606,6 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     except (TypeError, ValueError) as e:
         raise ValueError(f"seed: expected None or a non-negative integer, got {seed!r} ({e})") from None
     path = _check_checkpoint(checkpoint) if lead else None
-    if group is not None and checkpoint is not None:
-        path = group.bcast_object(path, "the broadcast of the checkpoint path")
     opt = _optimizers.get(optimizer)
     split = _check_validation_split(validation_split, validation_data)
     if split and group is not None and shard:
@@ -608,7 +613,7 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                          "out rows of its own part and log its own val_loss (the ranks' "
                          "callbacks would disagree); pass validation_data, the same on every "
                          "rank")
-    X, Y = net._prepare(X, Y)
+    X, Y = net._prepare(X, Y, empty=group is not None and shard)   # a part may be empty
     # a rank's part of a sharded data set may weigh nothing: the Replica checks their sum
     weight = net._prepare_weight(sample_weight, X.shape[0], part=group is not None and shard)
     val = None
@@ -635,7 +640,18 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                          "validation_data for val_*")
     replica = None
     if group is not None:
-        from .distributed import Replica
+        from .distributed import Replica, agree_settings, describe
+        # before any collective that depends on them: the same settings on every rank
+        agree_settings(group, describe(
+            net, opt, val, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+            l1=l1, l2=l2, clip_norm=clip_norm, clip_value=clip_value,
+            warmup_steps=warmup_steps, shuffle=bool(shuffle),
+            seed="None" if seed is None else "an integer", checkpoint=checkpoint is not None,
+            validation_split=split, sample_weight=sample_weight is not None,
+            lr_schedule=lr_schedule, diagnostics=bool(diagnostics),
+            on_nonfinite=on_nonfinite, shard=shard))
+        if checkpoint is not None:
+            path = group.bcast_object(path, "the broadcast of the checkpoint path")
         replica = Replica(group, net, X, Y, shard, weight)
         seed = replica.agree_seed(seed)
         rng = np.random.default_rng(seed)
@@ -684,9 +700,10 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                           "another checkpoint path, to train anew", UserWarning, stacklevel=4)
         if bar is not None and history.epochs:
             bar.update(history.epochs * steps)
-        probe = _probe(net, X, Y, seed) if diagnostics else None
+        # a rank whose part of a sharded data set is empty has no probe: None per epoch
+        probe = _probe(net, X, Y, seed) if diagnostics and X.shape[0] else None
         warned: set[str] = set()
-        if probe is not None:
+        if diagnostics:
             history.diagnostics = history.diagnostics[:history.epochs]
             history.diagnostics += [None] * (history.epochs - len(history.diagnostics))
         try:
@@ -729,6 +746,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                 if probe is not None:
                     _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
                                     warned if lead else None)
+                elif diagnostics:
+                    history.diagnostics.append(None)
                 if bar is not None:     # a compiled epoch calls between_steps once
                     bar.update((epoch + 1) * steps - bar.n)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")
@@ -736,6 +755,8 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                     print(_format(epoch, epochs, logs), file=sys.stdout, flush=True)
                 # every callback sees every epoch, also after one of them asks to stop
                 history.stopped_early = any([_call(cb, epoch, logs, net) for cb in callbacks])
+                if replica is not None:     # every rank stops when any rank's callback asks
+                    history.stopped_early = replica.agree_stop(history.stopped_early)
                 if path and lead and not history.stopped_early:
                     _state.write(path, _state.capture(net))
                 if history.stopped_early:

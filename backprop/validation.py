@@ -127,8 +127,11 @@ def to_dtype(backend: Backend, x: Any, dtype: np.dtype, name: str) -> Any:
     return out
 
 
-def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str = "X") -> Any:
-    """X as a C-contiguous (n_samples, n_input) array of ``dtype`` on the backend's device."""
+def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str = "X",
+            empty: bool = False) -> Any:
+    """X as a C-contiguous (n_samples, n_input) array of ``dtype`` on the backend's device.
+    ``empty``: 0 samples are accepted (one rank's part of a sharded data set, whose global
+    size :class:`backprop.distributed.Replica` checks); the feature count is checked still."""
     X = _as_numeric(backend, X, name)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, {n_input}), "
@@ -136,17 +139,18 @@ def check_X(backend: Backend, X: Any, n_input: int, dtype: np.dtype, name: str =
     if X.shape[1] != n_input:
         raise ValueError(f"{name}: expected {n_input} features per sample (the network's "
                          f"input layer), got shape {tuple(X.shape)}")
-    if X.shape[0] == 0:
+    if X.shape[0] == 0 and not empty:
         raise ValueError(f"{name}: expected at least one sample, got shape {tuple(X.shape)}")
     return to_dtype(backend, X, dtype, name)
 
 
 def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
-            dtype: np.dtype, name: str = "Y", x_name: str = "X") -> Any:
+            dtype: np.dtype, name: str = "Y", x_name: str = "X", empty: bool = False) -> Any:
     """Targets as a (n_samples, n_output) array of ``dtype`` on the device.
 
     cross_entropy takes one-hot (or probability) rows, or integer class labels of shape
     (n_samples,) that become one-hot rows. With one output unit, a 1-D Y is a column.
+    ``empty``: 0 samples are accepted (as :func:`check_X`'s); the shape is checked still.
     """
     Y = _as_numeric(backend, Y, name)
     xp = backend.xp
@@ -154,7 +158,9 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
         if len(Y) != n_samples:
             raise ValueError(f"{name}: has {len(Y)} samples but {x_name} has {n_samples}")
         if len(Y) == 0:
-            raise ValueError(f"{name}: expected at least one sample")
+            if not empty:
+                raise ValueError(f"{name}: expected at least one sample")
+            return backend.zeros((0, n_output), dtype)
         Y = backend.asarray(Y)                   # labels on the device before any xp call
         if not backend.all_finite(Y):
             raise ValueError(f"{name}: contains NaN or Inf")
@@ -175,7 +181,7 @@ def check_Y(backend: Backend, Y: Any, n_samples: int, n_output: int, loss: Loss,
                          f"got shape {tuple(Y.shape)}")
     if Y.shape[0] != n_samples:
         raise ValueError(f"{name}: has {Y.shape[0]} samples but {x_name} has {n_samples}")
-    if Y.shape[0] == 0:
+    if Y.shape[0] == 0 and not empty:
         raise ValueError(f"{name}: expected at least one sample")
     Y = to_dtype(backend, Y, dtype, name)
     if loss.code in (BINARY_CROSS_ENTROPY, CROSS_ENTROPY):

@@ -83,11 +83,16 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     Xr, Yr, wr = X, Y, weights
     if shard:   # uneven parts: rank r holds rows [cut_r, cut_{r+1})
         cuts = [0] + [int(X.shape[0] * (r + 1) ** 2 / size ** 2) for r in range(size)]
+        if "parts" in case:                      # the parts' sizes given (some may be 0)
+            cuts = [int(c) for c in np.cumsum([0] + case["parts"])]
         Xr, Yr = X[cuts[rank]:cuts[rank + 1]], Y[cuts[rank]:cuts[rank + 1]]
         wr = None if weights is None else weights[cuts[rank]:cuts[rank + 1]]
     # replicas built from different seeds: rank 0's parameters must be broadcast
     net = network(case, seed=case.get("net_seed", 1) + (rank if case.get("skew_init") else 0))
     extra = {} if wr is None else {"sample_weight": wr}
+    if "stop_on" in case:   # [rank, epoch]: a callback on that rank alone asks to stop there
+        who, when = case["stop_on"]
+        extra["callbacks"] = [lambda epoch, logs: rank == who and epoch == when]
     calls, device_calls, writes = [], [], []
     write, allreduce = _state.write, Communicator.allreduce
 
@@ -128,10 +133,13 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
     written = comm.gather(len(writes), root=0)
     # per rank, the warnings its fit gave (diagnostics': rank 0's alone)
     warned = comm.gather(len(caught), root=0)
+    epochs_run = comm.gather((history.epochs, history.stopped_early), root=0)
     if rank != 0:
         return {}
     reference = network(case, seed=case.get("net_seed", 1))
     extra = {} if weights is None else {"sample_weight": weights}
+    if "stop_on" in case:   # one process stops at the same epoch
+        extra["callbacks"] = [lambda epoch, logs: epoch == case["stop_on"][1]]
     ref_history = reference.fit(X, Y, **args, **extra)
     ref = flat(reference)
     scale = max(np.abs(ref).max(), 1e-300)
@@ -140,7 +148,8 @@ def run_case(case: dict, comm: MPI.Comm) -> dict:
             "loss": history["loss"], "ref_loss": ref_history["loss"],
             "steps": net.optimizer_.t, "ref_steps": reference.optimizer_.t,
             "allreduces": {what: calls.count(what) for what in calls},
-            "epochs": args["epochs"], "nccl": device_calls,
+            "epochs": args["epochs"], "nccl": device_calls, "epochs_run": epochs_run,
+            "ref_epochs_run": [ref_history.epochs, ref_history.stopped_early],
             "n_parameters": net.n_parameters, "writes": written,
             "diagnostics": len(history.diagnostics), "warnings": warned,
             "val_loss": history.history.get("val_loss"),

@@ -51,10 +51,11 @@ def launch(ranks: int, args: list[str], timeout: float = 120,
                           env=environment, capture_output=True, text=True, timeout=timeout)
 
 
-def run_cases(ranks: int, cases: list[dict], tmp_path: Path, *options: str) -> list[dict]:
+def run_cases(ranks: int, cases: list[dict], tmp_path: Path, *options: str,
+              env: dict[str, str] | None = None) -> list[dict]:
     spec, out = tmp_path / "cases.json", tmp_path / "results.json"
     spec.write_text(json.dumps(cases))
-    done = launch(ranks, [str(CASES), str(spec), str(out), *options])
+    done = launch(ranks, [str(CASES), str(spec), str(out), *options], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(out.read_text())
 
@@ -64,10 +65,12 @@ def expected_allreduces(case: dict, r: dict) -> tuple[dict[str, int], list[int]]
     counts, in order). Per step one of the whole gradient buffer, and with batch
     normalization three per normalized layer (its column sums and squares forward, its
     gradient sums backward); per epoch one of the loss, and with sample weights and shard
-    one of the batches' weight sums (and one of the data set's, per fit)."""
-    steps, epochs = r["steps"], r["epochs"]
+    one of the batches' weight sums (and one of the data set's, per fit), and one of the
+    stop decision."""
+    steps, epochs = r["steps"], r["epochs_run"][0][0]
     hidden = case["sizes"][1:-1] if case.get("batch_norm") else []
-    host = {"the Allreduce of the epoch's loss": epochs}
+    host = {"the Allreduce of the epoch's loss": epochs,
+            "the Allreduce of the stop decision": epochs}
     if case.get("sample_weight") and case.get("shard"):
         host["the Allreduce of the weight sums"] = 1
         host["the Allreduce of the batches' weight sums"] = epochs
@@ -87,6 +90,8 @@ def check(results: list[dict], cases: list[dict]) -> None:
         assert r["steps"] == r["ref_steps"], case
         assert r["relative"] < TOLERANCE, (case, r["relative"])
         assert r["between_ranks"] == 0, (case, r["between_ranks"])      # replicas stay equal
+        # every rank ran (and stopped after) the epochs one process runs
+        assert all(e == r["ref_epochs_run"] for e in r["epochs_run"]), (case, r["epochs_run"])
         np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=TOLERANCE, err_msg=str(case))
         # one gradient Allreduce per step over the whole buffer (nothing per tensor), one
         # for each epoch's loss, batch normalization's and sample weights' sums
@@ -364,6 +369,14 @@ if mode == "stall":
     kw.update(callbacks=[stall], comm=Communicator(timeout=1.5))
 if mode == "verbose":
     kw.update(verbose=True)
+if mode == "learning_rate" and rank == 1:         # settings that differ on one rank
+    kw.update(learning_rate=0.2)
+if mode == "checkpoint" and rank == 0:            # a checkpoint passed on rank 0 alone
+    kw.update(checkpoint=sys.argv[2] + "/state.npz")
+if mode == "validation":                          # rank 2 validates on other data
+    kw.update(validation_data=(X[:10] * (2 if rank == 2 else 1), Y[:10]))
+if mode == "exit":                                # sys.exit(3) in a callback on rank 1
+    kw.update(callbacks=[lambda epoch, logs: rank == 1 and epoch == 1 and sys.exit(3)])
 if mode == "split":                               # ranks 0, 1 train together, rank 2 alone
     kw.update(comm=MPI.COMM_WORLD.Split(0 if rank < 2 else 1, rank), seed=3)
     X = X * (2 if rank == 2 else 1)               # its own data: one world would refuse it
@@ -402,6 +415,71 @@ def test_failing_rank_ends_the_job(mode, tmp_path):
     else:
         assert "rank 0 of 2" in done.stderr and "timeout of 1.5 s" in done.stderr, done.stderr
         assert "TimeoutError" in done.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode, ranks, message", [
+    ("learning_rate", 2, "ValueError: learning_rate: every rank of a distributed fit must pass "
+                         "the same arguments and network, but they differ (rank 0: 0.1; "
+                         "rank 1: 0.2)"),
+    ("checkpoint", 2, "ValueError: checkpoint: every rank of a distributed fit must pass the "
+                      "same arguments and network, but they differ (rank 0: True; rank 1: "
+                      "False)"),
+    ("validation", 3, "ValueError: validation_data: every rank of a distributed fit must pass "
+                      "the same arguments and network, but they differ (ranks 0, 1: ")])
+def test_settings_differ_between_ranks(mode, ranks, message, tmp_path):
+    """A setting that differs between ranks (a learning rate, a checkpoint given on rank 0
+    alone, other validation data) is found before any other collective: every rank raises
+    the same ValueError naming it and the ranks' values, within seconds (no timeout)."""
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    start = time.monotonic()
+    done = launch(ranks, [str(script), mode, str(tmp_path)], timeout=60)
+    assert done.returncode != 0
+    assert time.monotonic() - start < 30
+    assert message in done.stderr, done.stderr
+    assert "TimeoutError" not in done.stderr and "finished" not in done.stdout
+    assert not (tmp_path / "state.npz").exists()
+
+
+@needs_mpi
+def test_system_exit_code_ends_the_job(tmp_path):
+    """sys.exit(3) in a callback on rank 1 ends the job promptly with status 3."""
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    start = time.monotonic()
+    done = launch(2, [str(script), "exit"], timeout=60)
+    assert time.monotonic() - start < 30
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert "rank 1 of 2 raised" in done.stderr and "SystemExit: 3" in done.stderr
+
+
+@needs_mpi
+def test_stop_on_one_rank_and_empty_parts(tmp_path):
+    """A callback that asks to stop on rank 1 alone stops every rank after that epoch (one
+    process's history and parameters, no timeout); with shard a rank's part may be empty
+    (parts of 0, 20 and 33 rows; with sample weights too)."""
+    base = {"sizes": [5, 8, 3], "batch_size": 10, "skew_init": True, "epochs": 3}
+    cases = [{**base, "n": 37, "optimizer": "adam", "epochs": 5, "stop_on": [1, 1]},
+             {**base, "n": 37, "optimizer": "sgd", "shard": True, "stop_on": [2, 0]},
+             {**base, "n": 53, "optimizer": "adam", "shard": True, "parts": [0, 20, 33],
+              "dropout": 0.2, "diagnostics": True},
+             {**base, "n": 53, "optimizer": "momentum", "shard": True, "parts": [20, 0, 33],
+              "sample_weight": True, "batch_norm": True, "sizes": [5, 6, 6, 3]}]
+    # a rank left in a collective would fail the launch after 30 s
+    results = run_cases(3, cases, tmp_path, env={"BACKPROP_DISTRIBUTED_TIMEOUT": "30"})
+    check(results, cases)
+    assert results[0]["epochs_run"] == [[2, True]] * 3
+    assert results[1]["epochs_run"] == [[1, True]] * 3
+    assert results[2]["diagnostics"] == 3      # rank 0, no rows, no probe: None per epoch
+
+
+@needs_mpi
+def test_all_rows_on_rank_zero(tmp_path):
+    """4 ranks, every row on rank 0 (the others' parts empty): one process's fit."""
+    cases = [{"sizes": [5, 8, 3], "n": 29, "batch_size": 8, "epochs": 2, "optimizer": "adam",
+              "shard": True, "parts": [29, 0, 0, 0], "dropout": 0.2}]
+    check(run_cases(4, cases, tmp_path), cases)
 
 
 @needs_mpi
@@ -529,6 +607,28 @@ def test_timeout_default_and_deadline(monkeypatch):
     assert Communicator(MPI.COMM_SELF, timeout=7).timeout == 7.0
 
 
+def test_settings_description():
+    """What the ranks compare: every setting fit's behaviour depends on, the same in every
+    process (a schedule or function described without its address), the validation data
+    by its shape and checksums."""
+    from backprop import StepDecay
+    from backprop.distributed import _callable_description, describe
+    from backprop.optimizers import get
+    net = Network([3, 4, 2], ["relu", "identity"], "mse", seed=0, dtype="float64",
+                  dropout=0.1)
+    val = net._prepare(np.ones((5, 3)), np.zeros((5, 2))) + (None,)
+    d = describe(net, get("adam"), val, epochs=3, lr_schedule=StepDecay(0.5, 2), shard=False)
+    assert d["layer_sizes"] == [3, 4, 2] and d["dropout"] == [0.1]
+    assert d["activations"][0][0] == "relu" and d["dtype"] == "float64"
+    assert d["backend"] == net.backend.name and d["optimizer"][0] == "adam"
+    assert d["validation_data"][0] == ((5, 3), (15.0, 45.0)) and d["validation_data"][2] is None
+    assert d["lr_schedule"] == "backprop.training.StepDecay(every=2, factor=0.5)"
+    assert " at 0x" not in _callable_description(test_settings_description)
+    assert _callable_description(lambda e, lr: lr).endswith("<lambda>")
+    other = describe(net, get("sgd"), None)
+    assert other["optimizer"][0] == "sgd" and other["validation_data"] is None
+
+
 @pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
 def test_sharded_weights_and_split_checked_before_work():
     """With shard, a rank's own weights may all be 0 (the sum over the ranks is checked),
@@ -545,6 +645,14 @@ def test_sharded_weights_and_split_checked_before_work():
         net.fit(X, Y, validation_split=0.25, **kw)
     with pytest.raises(ValueError, match="sample_weight: every weight is 0"):   # no shard
         net.fit(X, Y, sample_weight=np.zeros(4), **{**kw, "shard": False})
+    # an empty part: its feature count still checked, the global size must be >= 1
+    with pytest.raises(ValueError, match="X: expected 3 features per sample"):
+        net.fit(np.ones((0, 4)), np.zeros((0, 2)), **kw)
+    with pytest.raises(ValueError, match=r"the ranks' parts hold \[0\] rows; the data set "
+                       "needs at least one sample"):
+        net.fit(np.ones((0, 3)), np.zeros((0, 2)), **kw)
+    with pytest.raises(ValueError, match="X: expected at least one sample"):   # no shard
+        net.fit(np.ones((0, 3)), np.zeros((0, 2)), **{**kw, "shard": False})
     for (W0, b0), (W1, b1) in zip(before, net.get_parameters()):
         assert np.array_equal(W0, W1) and np.array_equal(b0, b1)
 
