@@ -168,12 +168,11 @@ def test_same_trajectory_cupy_emulated_nccl(ranks, tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MPI4PY, reason="needs mpi4py")
+@pytest.mark.parametrize("backend", [pytest.param("cupy", marks=pytest.mark.gpu)], indirect=True)
 def test_nccl_allreduce_on_the_device(backend):
     """The replica's NCCL path on one rank (on the GPU under ci/gpu.sh, else the emulator):
     the device buffer summed in place (one rank: unchanged), the epoch's event awaited, the
     communicator destroyed."""
-    if backend != "cupy":
-        pytest.skip("NCCL is the cupy backend's")
     from mpi4py import MPI
 
     from backprop.distributed import Communicator, Replica, _nccl_communicator
