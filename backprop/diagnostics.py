@@ -162,13 +162,15 @@ def diagnose(net: "Network", X: Any, Y: Any, learning_rate: float = 0.01) -> Dia
     (see the module docstring). X (N, n_0), Y as for :meth:`Network.fit`; ``learning_rate``
     (η of the update ratio, default 0.01) a positive finite number.
 
-    Raises ValueError/TypeError for bad arguments (named) before any work, RuntimeError while
+    Raises ValueError/TypeError for bad arguments (named) before any work (a single row
+    with batch normalization among them, as :meth:`Network.backward`), RuntimeError while
     another thread trains the network. Changes nothing in the network.
     """
     from .validation import check_positive_float
     learning_rate = check_positive_float("learning_rate", learning_rate)
     with net._guard.call("diagnose"):
         X, Y = net._prepare(X, Y)
+        net._check_batch_rows(X)
         return _diagnose(net, X, Y, learning_rate)
 
 

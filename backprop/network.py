@@ -685,8 +685,8 @@ class Network:
         ``Σ_i w_i L_i / Σ_i w_i``, i.e. ``Σ_i (w_i / Σ w) ∇L_i``.
 
         With batch normalization these are the gradients of the *training-mode* batch loss:
-        (X, Y) is one batch normalized with its own mean and biased variance, exactly as a
-        training step without dropout would see it (the loss :func:`backprop.gradcheck`
+        (X, Y) is one batch normalized with its own mean and biased variance (ValueError
+        for a single row), exactly as a training step without dropout would see it (the loss :func:`backprop.gradcheck`
         differentiates numerically); the running statistics are neither used nor changed.
         The result's ``batch_norm`` attribute holds ``(dγ, dβ)`` per hidden layer (None
         without batch normalization).
@@ -696,8 +696,18 @@ class Network:
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
+            self._check_batch_rows(X)
             w = self._prepare_weight(sample_weight, X.shape[0])
             return self._backward_pass(X, Y, sample_weight=w)[2]
+
+    def _check_batch_rows(self, X: Array) -> None:
+        """ValueError when X, taken as one training-mode batch, has 1 row and the network
+        normalises a layer: its batch variance is 0, every Ẑ is β and no gradient depends on
+        the batch (PyTorch's BatchNorm1d refuses it: "Expected more than 1 value per channel
+        when training")."""
+        if any(self.batch_norm) and X.shape[0] < 2:
+            raise ValueError(f"X: batch normalization needs at least 2 rows in a batch; got "
+                             f"{X.shape[0]} row")
 
     def _backward_buffers(self, rows: int) -> tuple[Workspace, "Gradients"]:
         """A workspace of ``rows`` rows and gradient arrays of :meth:`backward`'s own, made

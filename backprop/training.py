@@ -343,8 +343,9 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               between_steps: Callable[[], None] | None = None,
               clip_value: float | None = None, rates: np.ndarray | None = None,
               sample_weight: Any = None) -> float:
-    """One epoch of steps over device arrays X, Y in ``order`` (device int64 array, or None
-    for the stored order). Returns the summed per-sample loss (one read from the device);
+    """One epoch of steps over device arrays X, Y in ``order`` (device int64 array of the
+    rows to train on: a permutation of all N rows, or of N - 1 of them when :func:`fit` leaves
+    a 1-row batch out; None for all rows in the stored order). Returns the summed per-sample loss (one read from the device);
     with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
     ``weight``, each step descends its batch's weighted mean loss and the sum is Σ w_i L_i.
 
@@ -355,7 +356,7 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
     when a backend runs it in one call): :func:`fit` delivers a deferred Ctrl-C there.
     """
     be = net.backend
-    n = X.shape[0]
+    n = X.shape[0] if order is None else order.shape[0]
     full = net.workspace(batch_size)
     tail = n % batch_size
     spaces = [full] + ([net.workspace(tail)] if tail and n > batch_size else [])
@@ -445,7 +446,14 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         Samples (N, n_input) and targets (N, n_output), or integer class labels (N,) for
         cross_entropy; host or device arrays, or pandas objects, of any numeric dtype.
     epochs, batch_size : int
-        Passes over the data, and samples per step (the last batch may be smaller).
+        Passes over the data, and samples per step (the last batch may be smaller). With
+        batch normalization a batch needs 2 rows or more (PyTorch's ``BatchNorm1d`` raises
+        "Expected more than 1 value per channel when training" for one): ``batch_size=1``
+        (or a single row) is a ValueError, and when N % batch_size == 1 the last row of each
+        epoch's shuffled order sits that epoch out (PyTorch's ``DataLoader(drop_last=True)``
+        for that one batch; a different row each epoch, so every row is trained on); the
+        epoch's loss is the mean over the rows trained on. With ``shuffle=False`` the last
+        row of X would never be trained on: it is left out of the fit with a UserWarning.
     learning_rate : float
         η; with ``lr_schedule(epoch, η)`` the rate of each epoch.
     optimizer : str or Optimizer
@@ -529,6 +537,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     """
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
+    if batch_size == 1 and any(net.batch_norm):
+        raise ValueError("batch_size: batch normalization needs at least 2 rows per training "
+                         "batch (a batch's variance of 1 row is 0); got batch_size=1")
     learning_rate = check_positive_float("learning_rate", learning_rate)
     l1 = check_nonnegative_float("l1", l1)
     l2 = check_nonnegative_float("l2", l2)
@@ -583,7 +594,23 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
     be = net.backend
     n = X.shape[0]
     batch_size = min(batch_size, n)
-    steps = -(-n // batch_size)                      # optimizer steps (batches) per epoch
+    normalised = any(net.batch_norm)
+    if normalised and n == 1:
+        raise ValueError("X: batch normalization needs at least 2 rows per training batch; "
+                         "got 1 row")
+    # a batch of 1 row would normalise it to β and spoil the running variance (PyTorch's
+    # BatchNorm1d refuses one): leave that row out of the epoch, as drop_last would
+    drop = normalised and n % batch_size == 1
+    if drop and not shuffle:
+        warnings.warn(f"batch_size={batch_size} leaves a last batch of 1 row of {n}, which "
+                      "batch normalization cannot train on; with shuffle=False the last row "
+                      "is never trained on (shuffle=True leaves out a different row each "
+                      "epoch)", UserWarning, stacklevel=3)
+        X, Y = X[:n - 1], Y[:n - 1]
+        weight = None if weight is None else weight[:n - 1]
+        n, drop = n - 1, False
+    m = n - 1 if drop else n                          # rows trained on per epoch
+    steps = -(-m // batch_size)                      # optimizer steps (batches) per epoch
     bar = _progress_bar(epochs * steps) if verbose == "progress" else None
 
     def between_steps() -> None:
@@ -591,7 +618,8 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         if bar is not None:
             bar.update(1)
 
-    seen = n if weight is None else weight_sum(be, weight)    # the epoch loss's denominator
+    seen = m if weight is None else weight_sum(be, weight)    # the epoch loss's denominator
+    host_weight = be.to_numpy(weight).astype(np.float64) if drop and weight is not None else None
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
@@ -617,7 +645,13 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 if not (math.isfinite(lr) and lr > 0):
                     raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
                                      "expected a positive finite number")
-                order = be.asarray(rng.permutation(n)) if shuffle else None
+                order, dropped = None, 0.0
+                if shuffle:
+                    perm = rng.permutation(n)
+                    if drop:                         # its last row sits this epoch out
+                        dropped = 0.0 if host_weight is None else host_weight[perm[-1]]
+                        perm = perm[:m]
+                    order = be.asarray(perm)
                 factors = warmup_factors(epoch * steps, steps, warmup_steps)
                 rates = None if factors is None else lr * factors
                 start = time.perf_counter()
@@ -626,9 +660,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                                       between_steps=between_steps, clip_value=clip_value,
                                       rates=rates, sample_weight=weight)
                     seconds = time.perf_counter() - start
-                    logs = _epoch_logs(net, total / seen,
+                    logs = _epoch_logs(net, total / (seen - dropped),
                                        lr if rates is None else float(rates[-1]),
-                                       seconds, n, val, l1, l2)
+                                       seconds, m, val, l1, l2)
                 problem = _nonfinite(net, logs)
                 if problem:
                     last_finite.restore(net)
