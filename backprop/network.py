@@ -686,8 +686,9 @@ class Network:
 
         With batch normalization these are the gradients of the *training-mode* batch loss:
         (X, Y) is one batch normalized with its own mean and biased variance (ValueError
-        for a single row), exactly as a training step without dropout would see it (the loss :func:`backprop.gradcheck`
-        differentiates numerically); the running statistics are neither used nor changed.
+        for a single row), exactly as a training step without dropout would see it (the
+        loss :func:`backprop.gradcheck` differentiates numerically); the running statistics
+        are neither used nor changed.
         The result's ``batch_norm`` attribute holds ``(dγ, dβ)`` per hidden layer (None
         without batch normalization).
 
