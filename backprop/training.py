@@ -50,8 +50,11 @@ class History:
     the epoch whose loss or parameters were not finite (its values are not recorded, and the
     network was rolled back to the epoch before), else None. ``diagnostics``: with
     ``fit(diagnostics=True)``, each epoch's :class:`backprop.diagnostics.Diagnosis` of the
-    probe batch (None for the epochs of a checkpoint's earlier run: diagnoses are not part of
-    the saved state), else empty.
+    probe batch, None for an epoch not diagnosed (to keep diagnosing within 2% of the
+    training time, :class:`backprop.diagnostics.DiagnosisSchedule`) and for the epochs of a
+    checkpoint's earlier run (diagnoses are not part of the saved state); else empty.
+    ``learning_rate`` is the rate of the epoch's last step: with ``warmup_steps`` the epochs
+    of the warm-up log the ramp's rate at their last step, not the schedule's η.
     """
 
     def __init__(self) -> None:
@@ -504,11 +507,16 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         resume) trains at η_epoch · min(1, (s + 1) / k) (see :func:`warmup_factors`). The
         logged ``learning_rate`` is the rate of the epoch's last step.
     diagnostics : bool
-        Run :func:`backprop.diagnostics.diagnose` after every epoch on a fixed probe batch
+        Run :func:`backprop.diagnostics.diagnose` after an epoch on a fixed probe batch
         of the training data (:data:`backprop.diagnostics.PROBE_SIZE` rows drawn once per
-        fit, from a generator of its own: the training is the same with or without it),
-        keep the results in ``history.diagnostics`` (one per epoch; None for epochs of a
-        checkpoint's earlier run), and warn (:class:`backprop.diagnostics.DiagnosticWarning`)
+        fit, from a generator of its own: the training is the same with or without it):
+        after the first epoch, then whenever the time spent diagnosing stays within
+        :data:`backprop.diagnostics.TIME_SHARE` (2%) of the training time, both measured
+        (:class:`backprop.diagnostics.DiagnosisSchedule`: every epoch on a typical network,
+        every few epochs when one diagnosis costs more than 2% of an epoch, as with a few
+        hundred training rows). Keep the results in ``history.diagnostics`` (one per epoch;
+        None for an epoch not diagnosed and for epochs of a checkpoint's earlier run), and
+        warn (:class:`backprop.diagnostics.DiagnosticWarning`)
         once per fit for each kind of problem its verdicts name.
     callbacks : sequence
         :class:`Callback` instances, or callables ``f(epoch, logs)``; a True result stops.
@@ -635,6 +643,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         if bar is not None and history.epochs:
             bar.update(history.epochs * steps)
         probe = _probe(net, X, Y, seed) if diagnostics else None
+        if probe is not None:
+            from .diagnostics import DiagnosisSchedule
+            schedule = DiagnosisSchedule()
         warned: set[str] = set()
         if probe is not None:
             history.diagnostics = history.diagnostics[:history.epochs]
@@ -676,7 +687,13 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
                 history.append(logs)
                 last_finite.take(net)
                 if probe is not None:
-                    _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history, warned)
+                    if schedule.due(seconds):
+                        start = time.perf_counter()
+                        _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
+                                        warned)
+                        schedule.spent(time.perf_counter() - start)
+                    else:
+                        history.diagnostics.append(None)
                 if bar is not None:     # a compiled epoch calls between_steps once
                     bar.update((epoch + 1) * steps - bar.n)
                     bar.set_postfix(epoch=epoch + 1, loss=f"{logs['loss']:.4g}")
