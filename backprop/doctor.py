@@ -5,12 +5,15 @@ scikit-learn's handwritten digits: :func:`backprop.diagnostics.diagnose` finds v
 gradients (‖∂L/∂W‖ falls by about 10¹² from the last layer to the first) and the network
 does not learn in 20 epochs. The same depth with the seeds' remedies (ReLU, He
 initialisation, and batch normalization and residual connections where this version of
-:class:`~backprop.network.Network` has them) has gradients of one size at every layer and
-reaches over 95% test accuracy. Both train alike: Adam, η = 10⁻³, batch 32, seed 0.
+:class:`~backprop.network.Network` has them) keeps its gradients within one order of
+magnitude over the hidden layers (measured: ‖∂L/∂W‖ 0.66 to 3.9 over layers 1-20, 54 at the
+softmax layer, largest/first 14, against 4.5·10¹² for the sigmoid network) and reaches over
+95% test accuracy. Both train alike: Adam, η = 10⁻³, batch 32, seed 0.
 
 Prints each network's per-layer gradient norms at initialisation, its verdicts, and its test
 accuracy after training; ``--plot FILE`` draws the per-layer gradient norms of both
-(matplotlib). Measured on 2 vCPUs (numba): about 5 s for both networks, 20 epochs each.
+(matplotlib). Measured on 2 vCPUs (numba, load average 4): 1.9 s and 1.2 s of training,
+8.6 s for the whole command.
 """
 
 from __future__ import annotations
