@@ -19,6 +19,7 @@ accuracy after training; ``--plot FILE`` draws the per-layer gradient norms of b
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
 
@@ -57,7 +58,10 @@ def run(depth: int = DEPTH, epochs: int = EPOCHS, plot: str | None = None,
         device: str | None = None, backend: str | None = None,
         out: Any = print) -> list[dict[str, Any]]:
     """Diagnose, train and evaluate both networks; print (``out``) and return per network
-    ``{"label", "diagnosis", "accuracy", "seconds"}``."""
+    ``{"label", "diagnosis", "accuracy", "seconds"}``. ``plot`` is checked first
+    (:func:`check_plot`): a bad path fails before any training."""
+    if plot is not None:
+        check_plot(plot)
     from .__main__ import load_digits_split
     X_train, y_train, X_test, y_test = load_digits_split()
     results = []
@@ -92,6 +96,29 @@ def run(depth: int = DEPTH, epochs: int = EPOCHS, plot: str | None = None,
         draw(results, plot)
         out(f"\nplot written to {plot}")
     return results
+
+
+def check_plot(path: Any, name: str = "plot") -> None:
+    """ValueError (naming ``name``) unless matplotlib can write ``path``: an extension among
+    matplotlib's formats (png, pdf, svg, jpg, ...) in an existing, writable folder;
+    SystemExit when matplotlib is missing. Cheap: run before any training."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"{name}: expected a file path, got {path!r}")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise SystemExit(f"{name} needs matplotlib: pip install matplotlib") from None
+    path = os.fspath(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in formats:
+        raise ValueError(f"{name}: {path!r} needs an image extension matplotlib writes "
+                         f"({', '.join(formats)})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{name}: {path!r} is not writable")
 
 
 def draw(results: list[dict[str, Any]], path: str) -> None:
