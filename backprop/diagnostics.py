@@ -226,7 +226,7 @@ def _diagnose(net: "Network", X: Any, Y: Any, learning_rate: float,
         if l < L - 1 and (act.code in RELU_FAMILY or act.code in SATURATING):
             a = host(_activation_output(net, ws, l))
             if act.code in RELU_FAMILY:       # a <= 0 exactly when z <= 0
-                inactive = float(np.count_nonzero((a > 0).any(axis=0) == 0)) / a.shape[1]
+                inactive = float(np.mean(np.all(a <= 0, axis=0)))
             else:                              # σ'/max σ' from a
                 a = a.astype(np.float64)
                 saturated = _saturated(4.0 * a * (1.0 - a) if act.code == Code.SIGMOID
