@@ -348,8 +348,8 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               sample_weight: Any = None) -> float:
     """One epoch of steps over device arrays X, Y in ``order`` (device int64 array of the
     rows to train on: a permutation of all N rows, or of N - 1 of them when :func:`fit` leaves
-    a 1-row batch out; None for all rows in the stored order). Returns the summed per-sample loss (one read from the device);
-    with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
+    a 1-row batch out; None for all rows in the stored order). Returns the summed
+    per-sample loss (one read from the device); with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
     ``weight``, each step descends its batch's weighted mean loss and the sum is Σ w_i L_i.
 
     ``rates``: the learning rate of each step (host float64, one per batch: a warm-up), else

@@ -69,7 +69,8 @@ def measure(backend: str, rows: int) -> str:
 
 
 def main(backends: list[str]) -> None:
-    print(f"PROBE_SIZE = {diagnostics.PROBE_SIZE}, TIME_SHARE = {getattr(diagnostics, 'TIME_SHARE', None)}; "
+    share = getattr(diagnostics, "TIME_SHARE", None)      # None: a tree before the budget
+    print(f"PROBE_SIZE = {diagnostics.PROBE_SIZE}, TIME_SHARE = {share}; "
           f"numpy {np.__version__}; {EPOCHS} epochs, min of {RUNS}\n")
     print("| backend | rows | fit ms | fit + diagnostics ms | difference | epochs diagnosed "
           "| one diagnosis ms | diagnosis / epoch |")
