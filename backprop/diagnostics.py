@@ -69,9 +69,9 @@ SATURATED_SAMPLES = 0.5
 #: saturation: the fraction of a sigmoid/tanh layer's units saturated
 SATURATED_FRACTION = 0.5
 #: rows of the probe batch of ``fit(diagnostics=True)``: one diagnosis of 32 rows measured at
-#: 0.8% of an epoch of the digits network 64-128-64-10, batch 32, on numba (the default CPU
-#: backend), 2.4% on numpy; 64 rows and more hit BLAS's threaded path on 2 busy cores, 2-500x
-#: slower (benchmarks/diagnostics_cost.py, benchmarks/results/2vcpu-intel-xeon/diagnostics.md)
+#: 0.7-1.2% of an epoch of the digits network 64-128-64-10, batch 32, on numba (the default
+#: CPU backend), 1.9% on numpy; 64 rows and more hit BLAS's threaded path on 2 busy cores,
+#: 2-500x slower (benchmarks/diagnostics_cost.py, results/2vcpu-intel-xeon/diagnostics.md)
 PROBE_SIZE = 32
 #: ``fit(diagnostics=True)`` spends at most this share of its training time diagnosing (the
 #: issue's budget, 2%), after the first epoch's diagnosis; see :class:`DiagnosisSchedule`.
