@@ -90,6 +90,8 @@ def doctor(args: argparse.Namespace) -> None:
     from . import doctor as _doctor
     if args.depth < 1 or args.epochs < 1:
         raise ValueError("--depth and --epochs: expected positive integers")
+    if args.plot is not None:
+        _doctor.check_plot(args.plot, name="--plot")      # before the training, not after
     _doctor.run(depth=args.depth, epochs=args.epochs, plot=args.plot, device=args.device,
                 backend=args.backend)
 

@@ -69,10 +69,45 @@ SATURATED_SAMPLES = 0.5
 #: saturation: the fraction of a sigmoid/tanh layer's units saturated
 SATURATED_FRACTION = 0.5
 #: rows of the probe batch of ``fit(diagnostics=True)``: one diagnosis of 32 rows measured at
-#: 0.8% of an epoch of the digits network 64-128-64-10, batch 32, on numba (the default CPU
-#: backend), 2.4% on numpy; 64 rows and more hit BLAS's threaded path on 2 busy cores, 2-500x
-#: slower (benchmarks/diagnostics_cost.py, benchmarks/results/2vcpu-intel-xeon/diagnostics.md)
+#: 0.7-1.2% of an epoch of the digits network 64-128-64-10, batch 32, on numba (the default
+#: CPU backend), 1.9% on numpy; 64 rows and more hit BLAS's threaded path on 2 busy cores,
+#: 2-500x slower (benchmarks/diagnostics_cost.py, results/2vcpu-intel-xeon/diagnostics.md)
 PROBE_SIZE = 32
+#: ``fit(diagnostics=True)`` spends at most this share of its training time diagnosing (the
+#: issue's budget, 2%), after the first epoch's diagnosis; see :class:`DiagnosisSchedule`.
+#: ``math.inf`` diagnoses every epoch.
+TIME_SHARE = 0.02
+
+
+
+class DiagnosisSchedule:
+    """Which epochs ``fit(diagnostics=True)`` diagnoses, so that diagnosing costs at most
+    ``share`` (:data:`TIME_SHARE`) of the time spent training, measured.
+
+    The fit's first epoch is always diagnosed; a later epoch is when the time spent
+    diagnosing so far plus the last diagnosis' cost stays within ``share`` of the training
+    time so far (the epochs' steps, that epoch's included): diagnosis_time + last_cost <=
+    share · training_time. A diagnosis that costs c epochs' worth so comes every
+    ⌈c / share⌉ epochs or so (every epoch when it costs at most 2% of one), and over a fit
+    the diagnoses after the first cost at most ``share`` of the training time.
+    """
+
+    def __init__(self, share: float | None = None) -> None:
+        self.share = TIME_SHARE if share is None else share
+        self.training = 0.0        # seconds of training so far
+        self.diagnosing = 0.0      # seconds of diagnosing so far
+        self.last = None           # the last diagnosis' seconds (None: none yet)
+
+    def due(self, epoch_seconds: float) -> bool:
+        """Count an epoch's training time; True when its diagnosis fits the budget."""
+        self.training += epoch_seconds
+        return self.last is None or self.diagnosing + self.last <= self.share * self.training
+
+    def spent(self, seconds: float) -> None:
+        """Count a diagnosis' time."""
+        self.diagnosing += seconds
+        self.last = seconds
+
 
 RELU_FAMILY = (Code.RELU, Code.LEAKY_RELU, Code.ELU)
 SATURATING = (Code.SIGMOID, Code.TANH)
@@ -162,13 +197,15 @@ def diagnose(net: "Network", X: Any, Y: Any, learning_rate: float = 0.01) -> Dia
     (see the module docstring). X (N, n_0), Y as for :meth:`Network.fit`; ``learning_rate``
     (η of the update ratio, default 0.01) a positive finite number.
 
-    Raises ValueError/TypeError for bad arguments (named) before any work, RuntimeError while
+    Raises ValueError/TypeError for bad arguments (named) before any work (a single row
+    with batch normalization among them, as :meth:`Network.backward`), RuntimeError while
     another thread trains the network. Changes nothing in the network.
     """
     from .validation import check_positive_float
     learning_rate = check_positive_float("learning_rate", learning_rate)
     with net._guard.call("diagnose"):
         X, Y = net._prepare(X, Y)
+        net._check_batch_rows(X)
         return _diagnose(net, X, Y, learning_rate)
 
 
@@ -183,22 +220,21 @@ def _diagnose(net: "Network", X: Any, Y: Any, learning_rate: float,
     L = net.n_layers
     for l in range(L):
         act = net.activations[l]
-        dW = host(grads[l][0]).astype(np.float64)
-        W = host(net.W[l]).astype(np.float64)
-        grad_norm = _norm(dW)
-        weight_norm = _norm(W)
+        grad_norm = _norm(host(grads[l][0]))
+        weight_norm = _norm(host(net.W[l]))
         inactive = saturated = None
         if l < L - 1 and (act.code in RELU_FAMILY or act.code in SATURATING):
-            a = host(_activation_output(net, ws, l)).astype(np.float64)
+            a = host(_activation_output(net, ws, l))
             if act.code in RELU_FAMILY:       # a <= 0 exactly when z <= 0
                 inactive = float(np.mean(np.all(a <= 0, axis=0)))
             else:                              # σ'/max σ' from a
+                a = a.astype(np.float64)
                 saturated = _saturated(4.0 * a * (1.0 - a) if act.code == Code.SIGMOID
                                        else 1.0 - a * a)
         layers.append(LayerDiagnosis(
             layer=l + 1, activation=act.name, grad_norm=grad_norm,
-            bias_grad_norm=_norm(host(grads[l][1]).astype(np.float64)),
-            delta_norm=_norm(host(ws.delta[l]).astype(np.float64)),
+            bias_grad_norm=_norm(host(grads[l][1])),
+            delta_norm=_norm(host(ws.delta[l])),
             weight_norm=weight_norm, update_ratio=_ratio(learning_rate * grad_norm, weight_norm),
             inactive_fraction=inactive, saturated_fraction=saturated))
     return Diagnosis(tuple(layers), tuple(verdicts(layers, learning_rate)), learning_rate,
@@ -220,8 +256,14 @@ def _saturated(slope: np.ndarray) -> float:
 
 
 def _norm(x: np.ndarray) -> float:
-    """‖x‖ in float64 (x already float64)."""
+    """‖x‖ (Frobenius) as a float: Σx² accumulated in x's dtype (one BLAS dot, no copy),
+    again in float64 when that overflows (a float32 norm above ~1.8e19) or x is float16."""
     v = x.reshape(-1)
+    if v.dtype in (np.float32, np.float64):
+        s = float(np.dot(v, v))
+        if math.isfinite(s) or not np.isfinite(v).all():
+            return math.sqrt(s)
+    v = v.astype(np.float64)
     return math.sqrt(float(np.dot(v, v)))
 
 

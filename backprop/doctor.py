@@ -5,17 +5,21 @@ scikit-learn's handwritten digits: :func:`backprop.diagnostics.diagnose` finds v
 gradients (‖∂L/∂W‖ falls by about 10¹² from the last layer to the first) and the network
 does not learn in 20 epochs. The same depth with the seeds' remedies (ReLU, He
 initialisation, and batch normalization and residual connections where this version of
-:class:`~backprop.network.Network` has them) has gradients of one size at every layer and
-reaches over 95% test accuracy. Both train alike: Adam, η = 10⁻³, batch 32, seed 0.
+:class:`~backprop.network.Network` has them) keeps its gradients within one order of
+magnitude over the hidden layers (measured: ‖∂L/∂W‖ 0.66 to 3.9 over layers 1-20, 54 at the
+softmax layer, largest/first 14, against 4.5·10¹² for the sigmoid network) and reaches over
+95% test accuracy. Both train alike: Adam, η = 10⁻³, batch 32, seed 0.
 
 Prints each network's per-layer gradient norms at initialisation, its verdicts, and its test
 accuracy after training; ``--plot FILE`` draws the per-layer gradient norms of both
-(matplotlib). Measured on 2 vCPUs (numba): about 5 s for both networks, 20 epochs each.
+(matplotlib). Measured on 2 vCPUs (numba, load average 4): 1.9 s and 1.2 s of training,
+8.6 s for the whole command.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from typing import Any
 
@@ -54,7 +58,10 @@ def run(depth: int = DEPTH, epochs: int = EPOCHS, plot: str | None = None,
         device: str | None = None, backend: str | None = None,
         out: Any = print) -> list[dict[str, Any]]:
     """Diagnose, train and evaluate both networks; print (``out``) and return per network
-    ``{"label", "diagnosis", "accuracy", "seconds"}``."""
+    ``{"label", "diagnosis", "accuracy", "seconds"}``. ``plot`` is checked first
+    (:func:`check_plot`): a bad path fails before any training."""
+    if plot is not None:
+        check_plot(plot)
     from .__main__ import load_digits_split
     X_train, y_train, X_test, y_test = load_digits_split()
     results = []
@@ -89,6 +96,29 @@ def run(depth: int = DEPTH, epochs: int = EPOCHS, plot: str | None = None,
         draw(results, plot)
         out(f"\nplot written to {plot}")
     return results
+
+
+def check_plot(path: Any, name: str = "plot") -> None:
+    """ValueError (naming ``name``) unless matplotlib can write ``path``: an extension among
+    matplotlib's formats (png, pdf, svg, jpg, ...) in an existing, writable folder;
+    SystemExit when matplotlib is missing. Cheap: run before any training."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise ValueError(f"{name}: expected a file path, got {path!r}")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise SystemExit(f"{name} needs matplotlib: pip install matplotlib") from None
+    path = os.fspath(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in formats:
+        raise ValueError(f"{name}: {path!r} needs an image extension matplotlib writes "
+                         f"({', '.join(formats)})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{name}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{name}: {path!r} is not writable")
 
 
 def draw(results: list[dict[str, Any]], path: str) -> None:

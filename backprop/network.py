@@ -25,6 +25,7 @@ from . import state as _state
 from .backends import get_backend, resolve_backend, to_numpy
 from .backends.base import Array, Backend
 from .guard import CallGuard
+from .validation import per_layer as _sequence
 from .validation import (check_architecture, check_dtype, check_sample_weight, check_X,
                          check_Y)
 
@@ -155,6 +156,10 @@ class Network:
         around every hidden layer whose input width equals its output width and silently
         skips the others; a per-layer list that asks for one where the widths differ raises
         ValueError listing those layers and their sizes.
+
+    A "sequence" of per-layer values (``activations``, ``init``, ``dropout``, ``batch_norm``,
+    ``residual``) is a list, tuple, range, 1-d NumPy array or any other
+    ``collections.abc.Sequence`` (a string is one value).
 
     Notes
     -----
@@ -740,9 +745,10 @@ class Network:
         ``Σ_i w_i L_i / Σ_i w_i``, i.e. ``Σ_i (w_i / Σ w) ∇L_i``.
 
         With batch normalization these are the gradients of the *training-mode* batch loss:
-        (X, Y) is one batch normalized with its own mean and biased variance, exactly as a
-        training step without dropout would see it (the loss :func:`backprop.gradcheck`
-        differentiates numerically); the running statistics are neither used nor changed.
+        (X, Y) is one batch normalized with its own mean and biased variance (ValueError
+        for a single row), exactly as a training step without dropout would see it (the
+        loss :func:`backprop.gradcheck` differentiates numerically); the running statistics
+        are neither used nor changed.
         The result's ``batch_norm`` attribute holds ``(dγ, dβ)`` per hidden layer (None
         without batch normalization).
 
@@ -751,8 +757,18 @@ class Network:
         """
         with self._guard.call("backward"):
             X, Y = self._prepare(X, Y)
+            self._check_batch_rows(X)
             w = self._prepare_weight(sample_weight, X.shape[0])
             return self._backward_pass(X, Y, sample_weight=w)[2]
+
+    def _check_batch_rows(self, X: Array) -> None:
+        """ValueError when X, taken as one training-mode batch, has 1 row and the network
+        normalises a layer: its batch variance is 0, every Ẑ is β and no gradient depends on
+        the batch (PyTorch's BatchNorm1d refuses it: "Expected more than 1 value per channel
+        when training")."""
+        if any(self.batch_norm) and X.shape[0] < 2:
+            raise ValueError(f"X: batch normalization needs at least 2 rows in a batch; got "
+                             f"{X.shape[0]} row")
 
     def _backward_buffers(self, rows: int) -> tuple[Workspace, "Gradients"]:
         """A workspace of ``rows`` rows and gradient arrays of :meth:`backward`'s own, made
@@ -911,17 +927,27 @@ def _check_layer_sizes(layer_sizes: Any) -> list[int]:
 
 
 def _per_layer(name: str, spec: Any, n: int, get: Any) -> list[Any]:
-    """One entry per layer from a single spec or a sequence of n specs."""
-    if isinstance(spec, (list, tuple)):
-        if len(spec) != n:
+    """One entry per layer from a single spec or a sequence of n specs (a list, tuple,
+    NumPy array, ...: :func:`backprop.validation.per_layer`)."""
+    entries = _named_sequence(name, spec)
+    if entries is not None:
+        if len(entries) != n:
             raise ValueError(f"{name}: expected one entry per layer after the input ({n}), "
-                             f"got {len(spec)}")
-        return [get(s) for s in spec]
+                             f"got {len(entries)}")
+        return [get(s) for s in entries]
     return [get(spec)] * n
 
 
+def _named_sequence(name: str, spec: Any) -> list[Any] | None:
+    try:
+        return _sequence(spec)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
 def _check_dropout(dropout: Any, n_hidden: int) -> list[float]:
-    rates = list(dropout) if isinstance(dropout, (list, tuple)) else [dropout] * n_hidden
+    rates = _named_sequence("dropout", dropout)
+    rates = [dropout] * n_hidden if rates is None else rates
     if len(rates) != n_hidden:
         raise ValueError(f"dropout: expected one rate per hidden layer ({n_hidden}), got {len(rates)}")
     for r in rates:
@@ -932,7 +958,8 @@ def _check_dropout(dropout: Any, n_hidden: int) -> list[float]:
 
 def _check_flags(name: str, spec: Any, n_hidden: int) -> list[bool]:
     """One bool per hidden layer from a bool or a sequence of n_hidden bools."""
-    flags = list(spec) if isinstance(spec, (list, tuple)) else [spec] * n_hidden
+    flags = _named_sequence(name, spec)
+    flags = [spec] * n_hidden if flags is None else flags
     if len(flags) != n_hidden:
         raise ValueError(f"{name}: expected one flag per hidden layer ({n_hidden}), got "
                          f"{len(flags)}")

@@ -503,4 +503,7 @@ def _integer_labels(y: np.ndarray) -> np.ndarray:
 
 
 def _any(flags: Any) -> bool:
-    return any(flags) if isinstance(flags, (list, tuple)) else bool(flags)
+    """Whether a bool or per-layer sequence of bools (list, tuple, NumPy array) sets one."""
+    from .validation import per_layer
+    entries = per_layer(flags)
+    return any(entries) if entries is not None else bool(flags)

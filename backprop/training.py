@@ -50,8 +50,11 @@ class History:
     the epoch whose loss or parameters were not finite (its values are not recorded, and the
     network was rolled back to the epoch before), else None. ``diagnostics``: with
     ``fit(diagnostics=True)``, each epoch's :class:`backprop.diagnostics.Diagnosis` of the
-    probe batch (None for the epochs of a checkpoint's earlier run: diagnoses are not part of
-    the saved state), else empty.
+    probe batch, None for an epoch not diagnosed (to keep diagnosing within 2% of the
+    training time, :class:`backprop.diagnostics.DiagnosisSchedule`) and for the epochs of a
+    checkpoint's earlier run (diagnoses are not part of the saved state); else empty.
+    ``learning_rate`` is the rate of the epoch's last step: with ``warmup_steps`` the epochs
+    of the warm-up log the ramp's rate at their last step, not the schedule's η.
     """
 
     def __init__(self) -> None:
@@ -343,9 +346,10 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
               between_steps: Callable[[], None] | None = None,
               clip_value: float | None = None, rates: np.ndarray | None = None,
               sample_weight: Any = None) -> float:
-    """One epoch of steps over device arrays X, Y in ``order`` (device int64 array, or None
-    for the stored order). Returns the summed per-sample loss (one read from the device);
-    with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
+    """One epoch of steps over device arrays X, Y in ``order`` (device int64 array of the
+    rows to train on: a permutation of all N rows, or of N - 1 of them when :func:`fit` leaves
+    a 1-row batch out; None for all rows in the stored order). Returns the summed
+    per-sample loss (one read from the device); with ``sample_weight`` (N,), gathered per batch like X and Y into the workspace's
     ``weight``, each step descends its batch's weighted mean loss and the sum is Σ w_i L_i.
 
     ``rates``: the learning rate of each step (host float64, one per batch: a warm-up), else
@@ -355,7 +359,7 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
     when a backend runs it in one call): :func:`fit` delivers a deferred Ctrl-C there.
     """
     be = net.backend
-    n = X.shape[0]
+    n = X.shape[0] if order is None else order.shape[0]
     full = net.workspace(batch_size)
     tail = n % batch_size
     spaces = [full] + ([net.workspace(tail)] if tail and n > batch_size else [])
@@ -446,7 +450,14 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         Samples (N, n_input) and targets (N, n_output), or integer class labels (N,) for
         cross_entropy; host or device arrays, or pandas objects, of any numeric dtype.
     epochs, batch_size : int
-        Passes over the data, and samples per step (the last batch may be smaller).
+        Passes over the data, and samples per step (the last batch may be smaller). With
+        batch normalization a batch needs 2 rows or more (PyTorch's ``BatchNorm1d`` raises
+        "Expected more than 1 value per channel when training" for one): ``batch_size=1``
+        (or a single row) is a ValueError, and when N % batch_size == 1 the last row of each
+        epoch's shuffled order sits that epoch out (PyTorch's ``DataLoader(drop_last=True)``
+        for that one batch; a different row each epoch, so every row is trained on); the
+        epoch's loss is the mean over the rows trained on. With ``shuffle=False`` the last
+        row of X would never be trained on: it is left out of the fit with a UserWarning.
     learning_rate : float
         η; with ``lr_schedule(epoch, η)`` the rate of each epoch.
     optimizer : str or Optimizer
@@ -497,11 +508,16 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         resume) trains at η_epoch · min(1, (s + 1) / k) (see :func:`warmup_factors`). The
         logged ``learning_rate`` is the rate of the epoch's last step.
     diagnostics : bool
-        Run :func:`backprop.diagnostics.diagnose` after every epoch on a fixed probe batch
+        Run :func:`backprop.diagnostics.diagnose` after an epoch on a fixed probe batch
         of the training data (:data:`backprop.diagnostics.PROBE_SIZE` rows drawn once per
-        fit, from a generator of its own: the training is the same with or without it),
-        keep the results in ``history.diagnostics`` (one per epoch; None for epochs of a
-        checkpoint's earlier run), and warn (:class:`backprop.diagnostics.DiagnosticWarning`)
+        fit, from a generator of its own: the training is the same with or without it):
+        after the first epoch, then whenever the time spent diagnosing stays within
+        :data:`backprop.diagnostics.TIME_SHARE` (2%) of the training time, both measured
+        (:class:`backprop.diagnostics.DiagnosisSchedule`: every epoch on a typical network,
+        every few epochs when one diagnosis costs more than 2% of an epoch, as with a few
+        hundred training rows). Keep the results in ``history.diagnostics`` (one per epoch;
+        None for an epoch not diagnosed and for epochs of a checkpoint's earlier run), and
+        warn (:class:`backprop.diagnostics.DiagnosticWarning`)
         once per fit for each kind of problem its verdicts name.
     callbacks : sequence
         :class:`Callback` instances, or callables ``f(epoch, logs)``; a True result stops.
@@ -583,6 +599,9 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     lead = group is None or group.rank == 0          # prints, shows progress, writes files
     epochs = check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", batch_size)
+    if batch_size == 1 and any(net.batch_norm):
+        raise ValueError("batch_size: batch normalization needs at least 2 rows per training "
+                         "batch (a batch's variance of 1 row is 0); got batch_size=1")
     learning_rate = check_positive_float("learning_rate", learning_rate)
     l1 = check_nonnegative_float("l1", l1)
     l2 = check_nonnegative_float("l2", l2)
@@ -673,7 +692,27 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     be = net.backend
     n = X.shape[0] if replica is None else replica.n_global
     batch_size = min(batch_size, n)
-    steps = -(-n // batch_size)                      # optimizer steps (batches) per epoch
+    normalised = any(net.batch_norm)
+    if normalised and n == 1:
+        raise ValueError("X: batch normalization needs at least 2 rows per training batch; "
+                         "got 1 row")
+    # a batch of 1 row would normalise it to β and spoil the running variance (PyTorch's
+    # BatchNorm1d refuses one): leave that row out of the epoch, as drop_last would
+    drop = normalised and n % batch_size == 1
+    if drop and replica is not None:
+        raise ValueError(f"batch_size: {batch_size} leaves a last global batch of 1 row of {n}, "
+                         "which batch normalization cannot train on; a distributed fit leaves "
+                         "no row out: choose a batch_size that does not leave 1 row over")
+    if drop and not shuffle:
+        warnings.warn(f"batch_size={batch_size} leaves a last batch of 1 row of {n}, which "
+                      "batch normalization cannot train on; with shuffle=False the last row "
+                      "is never trained on (shuffle=True leaves out a different row each "
+                      "epoch)", UserWarning, stacklevel=3)
+        X, Y = X[:n - 1], Y[:n - 1]
+        weight = None if weight is None else weight[:n - 1]
+        n, drop = n - 1, False
+    m = n - 1 if drop else n                          # rows trained on per epoch
+    steps = -(-m // batch_size)                      # optimizer steps (batches) per epoch
     bar = _progress_bar(epochs * steps) if verbose == "progress" and lead else None
 
     def between_steps() -> None:
@@ -681,8 +720,9 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
         if bar is not None:
             bar.update(1)
 
-    seen = (n if weight is None else weight_sum(be, weight) if replica is None
+    seen = (m if weight is None else weight_sum(be, weight) if replica is None
             else replica.weight_total)                   # the epoch loss's denominator
+    host_weight = be.to_numpy(weight).astype(np.float64) if drop and weight is not None else None
     error: Exception | None = None
     with DeferredInterrupt() as interrupt:
         history, rng = _begin(net, opt, seed, rng, resume, callbacks, lr_schedule)
@@ -702,6 +742,9 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
             bar.update(history.epochs * steps)
         # a rank whose part of a sharded data set is empty has no probe: None per epoch
         probe = _probe(net, X, Y, seed) if diagnostics and X.shape[0] else None
+        if probe is not None:
+            from .diagnostics import DiagnosisSchedule
+            schedule = DiagnosisSchedule()
         warned: set[str] = set()
         if diagnostics:
             history.diagnostics = history.diagnostics[:history.epochs]
@@ -712,12 +755,18 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                 if not (math.isfinite(lr) and lr > 0):
                     raise ValueError(f"lr_schedule: gave learning rate {lr!r} at epoch {epoch}; "
                                      "expected a positive finite number")
+                order, dropped = None, 0.0
+                if shuffle and replica is None:
+                    perm = rng.permutation(n)
+                    if drop:                         # its last row sits this epoch out
+                        dropped = 0.0 if host_weight is None else host_weight[perm[-1]]
+                        perm = perm[:m]
+                    order = be.asarray(perm)
                 factors = warmup_factors(epoch * steps, steps, warmup_steps)
                 rates = None if factors is None else lr * factors
                 start = time.perf_counter()
                 with np.errstate(all="ignore"):      # non-finite values are caught below
                     if replica is None:
-                        order = be.asarray(rng.permutation(n)) if shuffle else None
                         total = run_epoch(net, X, Y, order, batch_size, opt, lr, l1, l2,
                                           clip_norm, between_steps=between_steps,
                                           clip_value=clip_value, rates=rates,
@@ -728,9 +777,9 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                                                   between_steps=between_steps,
                                                   clip_value=clip_value, rates=rates)
                     seconds = time.perf_counter() - start
-                    logs = _epoch_logs(net, total / seen,
+                    logs = _epoch_logs(net, total / (seen - dropped),
                                        lr if rates is None else float(rates[-1]),
-                                       seconds, n, val, l1, l2)
+                                       seconds, m, val, l1, l2)
                 problem = _nonfinite(net, logs)
                 if problem:
                     last_finite.restore(net)
@@ -744,8 +793,13 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                 history.append(logs)
                 last_finite.take(net)
                 if probe is not None:
-                    _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
-                                    warned if lead else None)
+                    if schedule.due(seconds):
+                        start = time.perf_counter()
+                        _diagnose_epoch(net, probe, epoch, logs["learning_rate"], history,
+                                        warned if lead else None)
+                        schedule.spent(time.perf_counter() - start)
+                    else:
+                        history.diagnostics.append(None)
                 elif diagnostics:
                     history.diagnostics.append(None)
                 if bar is not None:     # a compiled epoch calls between_steps once

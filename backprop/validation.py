@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,23 @@ from .backends.base import Backend
 from .losses import BINARY_CROSS_ENTROPY, CROSS_ENTROPY, Loss
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def per_layer(spec: Any) -> list[Any] | None:
+    """The entries of a per-layer option given as a sequence (list, tuple, range, a 1-d
+    NumPy array, any ``collections.abc.Sequence``), else None (a single value for every
+    layer: a bool, a number, a name, an Activation, a callable, a 0-d array). Strings and
+    bytes are single values. ValueError for an array of more than one dimension."""
+    if isinstance(spec, np.ndarray):
+        if spec.ndim == 0:
+            return None
+        if spec.ndim > 1:
+            raise ValueError(f"expected one entry per layer (a 1-d sequence), got an array of "
+                             f"shape {spec.shape}")
+        return spec.tolist()          # NumPy scalars as Python bool, float, str
+    if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence):
+        return None
+    return list(spec)
 
 
 def check_dtype(dtype: Any) -> np.dtype:

@@ -233,7 +233,15 @@ def test_saturation_counts_units_saturated_for_most_samples():
 
 # ---------------------------------------------------------------------- fit(diagnostics=True)
 
-def test_fit_with_diagnostics_trains_the_same_and_keeps_a_diagnosis_per_epoch(backend):
+@pytest.fixture
+def every_epoch(monkeypatch):
+    """Diagnose every epoch whatever it costs (these tiny fits' epochs are about one
+    diagnosis long: the 2% budget would skip most)."""
+    monkeypatch.setattr(dg, "TIME_SHARE", math.inf)
+
+
+def test_fit_with_diagnostics_trains_the_same_and_keeps_a_diagnosis_per_epoch(backend,
+                                                                              every_epoch):
     X, y = problem()
     nets = [make_network(backend, [6, 12, 3], ["tanh", "softmax"], "cross_entropy", seed=0,
                          dropout=0.1) for _ in range(2)]
@@ -255,7 +263,7 @@ def test_fit_with_diagnostics_trains_the_same_and_keeps_a_diagnosis_per_epoch(ba
         assert a.grad_norm == pytest.approx(b.grad_norm, rel=1e-12)
 
 
-def test_fit_warns_once_per_problem_kind(backend):
+def test_fit_warns_once_per_problem_kind(backend, every_epoch):
     X, y = data(n=64)
     net = deep_sigmoid(backend, depth=12)
     with warnings.catch_warnings(record=True) as caught:
@@ -267,7 +275,7 @@ def test_fit_warns_once_per_problem_kind(backend):
     assert ours[0].filename == __file__                       # points at the fit call
 
 
-def test_resumed_fit_pads_the_diagnoses_of_the_earlier_run(backend, tmp_path):
+def test_resumed_fit_pads_the_diagnoses_of_the_earlier_run(backend, tmp_path, every_epoch):
     X, y = problem()
     path = tmp_path / "ckpt"
     kw = dict(batch_size=16, learning_rate=0.1, seed=4, diagnostics=True, checkpoint=path)
@@ -277,6 +285,46 @@ def test_resumed_fit_pads_the_diagnoses_of_the_earlier_run(backend, tmp_path):
     h = resumed.fit(X, y, epochs=4, **kw)
     assert h.diagnostics[:2] == [None, None] and all(d is not None for d in h.diagnostics[2:])
     assert len(h.diagnostics) == h.epochs == 4
+
+
+def test_schedule_keeps_diagnosing_within_its_share():
+    """DiagnosisSchedule on given times: the first epoch always; then a diagnosis whenever
+    the diagnosing time plus the last cost stays within share · training time."""
+    cheap = dg.DiagnosisSchedule(0.02)
+    for _ in range(10):                       # 1% of a 1-second epoch: every epoch
+        assert cheap.due(1.0)
+        cheap.spent(0.01)
+    costly = dg.DiagnosisSchedule(0.02)       # 25.5% of an epoch (as with 160 rows)
+    due = []
+    for epoch in range(45):
+        if costly.due(1.0):
+            due.append(epoch)
+            costly.spent(0.255)
+    assert due == [0, 25, 38]                 # 0.51 <= 0.02·26, 0.765 <= 0.02·39
+    assert costly.diagnosing - 0.255 <= 0.02 * costly.training
+    always = dg.DiagnosisSchedule(math.inf)
+    for _ in range(3):
+        assert always.due(1e-9)
+        always.spent(1.0)
+
+
+def test_fit_skips_diagnoses_that_would_exceed_the_budget(monkeypatch):
+    """A diagnosis made to cost 50 ms or more after epochs of about 1 ms: the first epoch is
+    diagnosed, later ones only within 2% of the training time (a second would need 2.5 s)."""
+    import time
+    from backprop import training
+    real = training._diagnose_epoch
+
+    def slow(*args):
+        time.sleep(0.05)
+        real(*args)
+    monkeypatch.setattr(training, "_diagnose_epoch", slow)
+    X, y = problem()
+    net = make_network("numpy", [6, 12, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
+    h = net.fit(X, y, epochs=6, batch_size=16, learning_rate=0.1, seed=4, diagnostics=True)
+    done = sum(d is not None for d in h.diagnostics)
+    assert h.diagnostics[0] is not None and None in h.diagnostics
+    assert done - 1 <= dg.TIME_SHARE * sum(h["time"]) / 0.05      # the budget, measured
 
 
 def test_diagnose_is_exported():

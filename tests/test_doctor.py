@@ -40,3 +40,19 @@ def test_doctor_refuses_bad_arguments(capsys):
         assert exit.value.code == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "positive" in err
+
+
+@pytest.mark.parametrize("plot, match", [("/nonexistent/x.png", "does not exist"),
+                                         ("x.txt", "image extension"), ("x", "image extension")])
+def test_doctor_checks_the_plot_path_before_training(plot, match, capsys, monkeypatch):
+    """A plot path matplotlib cannot write fails at once (it failed after ~7 s of training)."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --plot")
+    monkeypatch.setattr(doctor, "networks", no_training)
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["doctor", "--plot", plot])
+    assert exit.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--plot" in err and match in err
+    with pytest.raises(ValueError, match=f"plot: .*{match}"):
+        doctor.run(plot=plot)

@@ -88,3 +88,60 @@ def test_sampling_and_bad_arguments():
         backprop.gradcheck(net, X[:1], Y[:1])
     with pytest.raises(TypeError, match="net"):
         backprop.gradcheck("net", X, Y)
+
+
+def test_a_small_error_in_dgamma_is_caught(backend, monkeypatch):
+    """0.1% in every dγ (float64): caught, and only γ's entries fail."""
+    net, X, Y = net_and_data(backend, "float64", batch_norm=True)
+    be = net.backend
+    original = be.batch_norm_backward
+
+    def wrong(*args):
+        original(*args)
+        be.copy(be.asarray(backprop.to_numpy(args[4]) * 1.001), args[4])
+    monkeypatch.setattr(be, "batch_norm_backward", wrong)
+    report = backprop.gradcheck(net, X, Y)
+    failed = {(e.layer, e.kind) for e in report.entries if not e.passed}
+    assert failed == {(1, "gamma"), (2, "gamma")}, str(report)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_row_batch_norm_networks_pass_at_default_tolerances(backend, dtype, seed):
+    """The reviewer's failures: 2 rows, where a normalized layer's frozen bias has a ~0
+    gradient (rounding noise relative to itself) and W's differences are least accurate."""
+    rng = np.random.default_rng(seed)
+    net = make_network(backend, [4, 6, 6, 3], ["relu", "tanh", "softmax"], "cross_entropy",
+                       dtype=dtype, seed=seed, batch_norm=True, residual=True)
+    X, Y = rng.normal(size=(2, 4)), rng.integers(0, 3, 2)
+    report = backprop.gradcheck(net, X, Y)
+    assert report.passed, str(report)
+    assert [(e.layer, e.kind) for e in report.entries if e.frozen] == [(1, "b"), (2, "b")]
+    assert "frozen" in str(report)
+
+
+def test_a_frozen_bias_with_a_gradient_is_caught(monkeypatch):
+    """A normalized layer's b must have a ~0 gradient: a backward that gives it one fails."""
+    net, X, Y = net_and_data("numpy", "float64", batch_norm=[True, False])
+    real = net.backward(X, Y)
+    wrong = [(dW, db + (0.01 * abs(backprop.to_numpy(dW)).max() if l == 0 else 0))
+             for l, (dW, db) in enumerate(real)]
+    fake = type(real)(wrong)
+    fake.batch_norm = real.batch_norm
+    monkeypatch.setattr(net, "backward", lambda *a, **k: fake)
+    report = backprop.gradcheck(net, X, Y)
+    failed = {(e.layer, e.kind, e.frozen) for e in report.entries if not e.passed}
+    assert failed == {(1, "b", True)}, str(report)
+
+
+def test_default_samples_bound_the_cost():
+    """A default call checks at most MAX_ELEMENTS elements of each tensor (the same ones on
+    every call); max_elements=None checks all."""
+    from backprop.gradcheck import MAX_ELEMENTS
+    rng = np.random.default_rng(0)
+    net = make_network("numpy", [30, 20, 3], ["tanh", "softmax"], "cross_entropy", seed=0)
+    X, Y = rng.normal(size=(5, 30)), rng.integers(0, 3, 5)
+    report = backprop.gradcheck(net, X, Y)
+    assert [e.checked for e in report.entries] == [MAX_ELEMENTS, 20, 60, 3]
+    assert str(report) == str(backprop.gradcheck(net, X, Y))
+    assert [e.checked for e in backprop.gradcheck(net, X, Y, max_elements=None).entries] == \
+        [600, 20, 60, 3]

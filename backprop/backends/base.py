@@ -322,8 +322,9 @@ class Backend(ABC):
 
         Does what :func:`backprop.training.run_epoch` does with
         :meth:`backprop.network.Network.train_step`: batches of ``batch_size`` rows of X, Y
-        (and of ``sample_weight`` (N,), when given) in ``order`` (int64 on this device;
-        None: stored order), the last one partial, the summed (weighted) loss of all of them
+        (and of ``sample_weight`` (N,), when given) in ``order`` (int64 on this device, the
+        rows to train on: all N, or N - 1 when fit leaves a 1-row batch out; None: all rows
+        in the stored order), the last one partial, the summed (weighted) loss of all of them
         added to ``total[0]``. ``rates`` (host float64, one per batch), when given, is each
         step's learning rate (a warm-up) instead of ``learning_rate``; ``clip_value`` clips
         each gradient component (see :meth:`update`). Returns False, having done nothing,

@@ -645,7 +645,7 @@ class CuPyBackend(Backend):
         the partial batch eagerly. False (nothing done) where graphs do not
         apply: graphs off, a product on cuBLAS (a width above ``small_width``), fewer than
         two batches, or a capture of this configuration that failed (it warns once)."""
-        n = X.shape[0]
+        n = X.shape[0] if order is None else order.shape[0]     # the rows trained on
         steps = n // batch_size
         ws = network.workspace(batch_size)
         if not (self.graphs and steps >= 2 and total is ws.total
@@ -676,7 +676,7 @@ class CuPyBackend(Backend):
             with stream:
                 plan.schedule.set(schedule, stream=stream)
                 if order is not None:
-                    cp.copyto(plan.index, order)
+                    cp.copyto(plan.index[:order.shape[0]], order)   # all rows, or N - 1
                 plan.step.fill(0)
                 for _ in range(steps):
                     plan.graph.launch(stream)

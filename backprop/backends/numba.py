@@ -561,8 +561,9 @@ class NumbaBackend(NumPyBackend):
                     clip_value: float | None = None, rates: np.ndarray | None = None,
                     sample_weight: Array | None = None) -> bool:
         if (clip_norm is not None or any(network.dropout) or any(network.batch_norm)
-                or any(network.residual) or max(network.layer_sizes) > FUSED_MAX_WIDTH):
-            return False
+                or any(network.residual) or max(network.layer_sizes) > FUSED_MAX_WIDTH
+                or (order is not None and order.shape[0] != X.shape[0])):
+            return False                 # (an order over a subset of the rows: the loop)
         ws = network.workspace(batch_size)
         grads = network.gradients()
         state = optimizer.state
