@@ -587,8 +587,9 @@ class Replica:
         """This rank's rows of every global batch of an epoch (host arrays): the local row
         indices in batch order, the count per batch, and (shard) their positions within their
         batch (without shard the positions are :func:`batch_slice`)."""
-        n, B = self.n_global, batch_size
-        order = np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+        order = (np.arange(self.n_global, dtype=np.int64) if order is None
+                 else np.asarray(order, np.int64))
+        n, B = len(order), batch_size
         starts = np.arange(0, n, B)
         if not self.shard:
             parts, counts = [], []
@@ -611,7 +612,7 @@ class Replica:
         ``rates`` each step's learning rate (a warm-up), else ``learning_rate``. Returns the
         global summed (weighted) per-sample loss."""
         net, be = self.net, self.net.backend
-        n, B = self.n_global, batch_size
+        n, B = self.n_global if order is None else len(order), batch_size
         local, counts, positions = self.plan(order, B)
         shares = self._weight_shares(order, B, local, counts)
         index = be.asarray(local)
@@ -669,7 +670,8 @@ class Replica:
             self.comm.allreduce(batch, "the Allreduce of the batches' weight sums")
         else:
             w = self._w_host if order is None else self._w_host[np.asarray(order, np.int64)]
-            batch = np.array([w[s:s + B].sum() for s in range(0, self.n_global, B)])
+            batch = np.array([w[s:s + B].sum() for s in range(0, len(w), B)])
+        self.epoch_weight = float(batch.sum())   # the weight of the rows the epoch trains
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(batch > 0, mine / np.where(batch > 0, batch, 1.0), 0.0)
 

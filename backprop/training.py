@@ -699,18 +699,16 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
     # a batch of 1 row would normalise it to β and spoil the running variance (PyTorch's
     # BatchNorm1d refuses one): leave that row out of the epoch, as drop_last would
     drop = normalised and n % batch_size == 1
-    if drop and replica is not None:
-        raise ValueError(f"batch_size: {batch_size} leaves a last global batch of 1 row of {n}, "
-                         "which batch normalization cannot train on; a distributed fit leaves "
-                         "no row out: choose a batch_size that does not leave 1 row over")
     if drop and not shuffle:
-        warnings.warn(f"batch_size={batch_size} leaves a last batch of 1 row of {n}, which "
-                      "batch normalization cannot train on; with shuffle=False the last row "
-                      "is never trained on (shuffle=True leaves out a different row each "
-                      "epoch)", UserWarning, stacklevel=3)
-        X, Y = X[:n - 1], Y[:n - 1]
-        weight = None if weight is None else weight[:n - 1]
-        n, drop = n - 1, False
+        if lead:
+            warnings.warn(f"batch_size={batch_size} leaves a last batch of 1 row of {n}, which "
+                          "batch normalization cannot train on; with shuffle=False the last "
+                          "row is never trained on (shuffle=True leaves out a different row "
+                          "each epoch)", UserWarning, stacklevel=3)
+        if replica is None:
+            X, Y = X[:n - 1], Y[:n - 1]
+            weight = None if weight is None else weight[:n - 1]
+            n, drop = n - 1, False
     m = n - 1 if drop else n                          # rows trained on per epoch
     steps = -(-m // batch_size)                      # optimizer steps (batches) per epoch
     bar = _progress_bar(epochs * steps) if verbose == "progress" and lead else None
@@ -771,11 +769,14 @@ def _fit(net: "Network", X: Any, Y: Any, epochs: int, batch_size: int, learning_
                                           clip_norm, between_steps=between_steps,
                                           clip_value=clip_value, rates=rates,
                                           sample_weight=weight)
-                    else:
-                        total = replica.run_epoch(X, Y, rng.permutation(n) if shuffle else None,
+                    else:   # the replica takes the global order (of m rows when one sits out)
+                        perm = rng.permutation(n) if shuffle else (np.arange(n) if drop else None)
+                        total = replica.run_epoch(X, Y, None if perm is None else perm[:m],
                                                   batch_size, opt, lr, l1, l2, clip_norm,
                                                   between_steps=between_steps,
                                                   clip_value=clip_value, rates=rates)
+                        if drop:
+                            dropped = seen - (m if weight is None else replica.epoch_weight)
                     seconds = time.perf_counter() - start
                     logs = _epoch_logs(net, total / (seen - dropped),
                                        lr if rates is None else float(rates[-1]),

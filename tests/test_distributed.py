@@ -298,6 +298,12 @@ def sample_weight_cases(backend: str) -> list[dict]:
         # with batch normalization (whose statistics ignore the weights, as in one process)
         {**base, "sizes": [5, 6, 6, 3], "optimizer": "adam", "batch_norm": True,
          "residual": True, "zero_weight": [[3, 12]], "n": 31},
+        # a last global batch of 1 row, which batch normalization leaves out (shuffled: a
+        # different row each epoch; stored order: the last row), with shard and weights
+        {**base, "sizes": [5, 6, 3], "optimizer": "adam", "batch_norm": True, "n": 31,
+         "shard": True},
+        {**base, "sizes": [5, 6, 3], "optimizer": "sgd", "batch_norm": True, "n": 31,
+         "shard": True, "shuffle": False},
     ]
 
 
