@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import Code
-from .state import atomic_write
+from .state import atomic_write, target
 
 if TYPE_CHECKING:
     from .network import Network
@@ -106,6 +106,8 @@ def to_onnx_model(net: "Network") -> Any:
 
 def to_onnx(net: "Network", path: str | os.PathLike[str]) -> None:
     """Write the network's ONNX graph (:func:`to_onnx_model`) to exactly ``path``, atomically
-    (the previous file stays intact if anything fails)."""
+    (the previous file stays intact if anything fails; a symbolic link is followed). ValueError
+    when ``path`` is an existing directory, device, FIFO or socket, before any work."""
+    target(path)
     data = to_onnx_model(net).SerializeToString()
     atomic_write(path, lambda f: f.write(data))

@@ -371,8 +371,11 @@ class Network:
     def save(self, path: str | Path) -> None:
         """Write the whole training state to exactly ``path`` (see :mod:`backprop.state`):
         architecture, parameters, optimizer state, generators and history, atomically (the
-        previous file stays intact if writing fails). ValueError for a non-finite network;
+        previous file stays intact if writing fails; a symbolic link keeps pointing at the new
+        file). ValueError for a non-finite network or a ``path`` that is an existing directory,
+        device, FIFO or socket;
         RuntimeError while another thread trains it (its state would be torn between steps)."""
+        _state.target(path)             # a directory, device or FIFO refused before any work
         with self._guard.call("save"):
             state = _state.capture(self)
         _state.write(path, state)

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -277,11 +278,43 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> None:
     atomic_write(path, fill)
 
 
+def target(path: str | os.PathLike[str], what: str = "path") -> str:
+    """The file :func:`atomic_write` would replace for ``path``: symbolic links resolved (the
+    link keeps pointing at the new file), checked to be a regular file or absent.
+
+    Raises ``ValueError`` naming ``what`` and the path when it is an existing directory,
+    device, FIFO or socket: renaming a new file over those would replace them (``/dev/null``
+    would become a regular file), so they are refused before any work."""
+    name = os.fspath(path)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    real = os.path.realpath(name)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as e:
+        raise ValueError(f"{what} {name!r} cannot be written: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if
+                stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        shown = name if real == os.path.abspath(name) else f"{name} (-> {real})"
+        raise ValueError(f"{what} {shown!r} is {kind}; expected a regular file "
+                         "(or a new file's name)")
+    return real
+
+
 def atomic_write(path: str | os.PathLike[str], fill: Any) -> None:
     """Write a file to exactly ``path``, atomically: ``fill(f)`` writes into a new binary file
     in the same folder, which is flushed to disk (fsync), then renamed over ``path`` (and the
-    folder synced), so a failure at any point leaves the previous file intact."""
-    path = os.fspath(path)
+    folder synced), so a failure at any point leaves the previous file intact.
+
+    A symbolic link is followed: the new file replaces the link's target, in the target's
+    folder, and the link is kept. ``path`` must be a regular file or not exist: an existing
+    directory, device, FIFO or socket raises ``ValueError`` (:func:`target`) before ``fill``
+    runs."""
+    path = target(path)
     folder = os.path.dirname(os.path.abspath(path))
     # a short name of its own (a target name near the 255-byte limit still works); the mode of
     # the file it replaces (a private model stays private), else the umask's default

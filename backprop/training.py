@@ -883,11 +883,10 @@ def _check_checkpoint(checkpoint: Any) -> str | None:
         raise TypeError(f"checkpoint: expected a file path, got {checkpoint!r}") from None
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    # a symbolic link's target is what gets replaced; a directory, device or FIFO is refused
+    folder = os.path.dirname(_state.target(path, "checkpoint:"))
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path")
     probe = os.path.join(folder, f".bp-{secrets.token_hex(6)}.probe")
     try:                            # found now, not after the first epoch has trained
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
