@@ -375,3 +375,105 @@ def test_divergence_raises_and_leaves_the_estimator_unfitted(iris):
     from sklearn.exceptions import NotFittedError
     with pytest.raises(NotFittedError):
         clf.predict(X)
+
+
+# ---------------------------------------------------------------------- failures
+
+FITTED = ("classes_", "n_outputs_", "_target_type", "_label_binarizer", "n_features_in_",
+          "loss_curve_", "n_iter_", "t_", "loss_", "best_loss_", "validation_loss_curve_")
+
+
+def fitted_state(est):
+    """The estimator's fitted attributes (copies) and its network's full training state."""
+    from backprop import state as bstate
+    attrs = {k: pickle.dumps(getattr(est, k)) for k in FITTED if hasattr(est, k)}
+    return attrs, bstate.capture(est.network_), est.network_
+
+
+def assert_unchanged(est, before):
+    attrs, state, net = before
+    after, state_after, net_after = fitted_state(est)
+    assert after == attrs and net_after is net
+    assert state_after.header == state.header
+    for name, array in state.arrays.items():
+        np.testing.assert_array_equal(state_after.arrays[name], array, err_msg=name)
+
+
+@needs_sample_weight
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_a_failed_refit_leaves_the_classifier_as_it_was(iris, method):
+    """fit/partial_fit are transactional: a refit on another target kind that raises (negative
+    weights, found by Network.fit) keeps classes_, n_outputs_ and the 3-output network
+    consistent, and predictions unchanged."""
+    X, y = iris
+    clf = small(max_iter=5).fit(X, y)
+    before, predicted = fitted_state(clf), clf.predict_proba(X)
+    bad = dict(sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match="sample_weight"):
+        if method == "fit":
+            clf.fit(X, y == 2, **bad)
+        else:
+            clf.partial_fit(X, y, **bad)
+    assert_unchanged(clf, before)
+    np.testing.assert_array_equal(clf.predict_proba(X), predicted)
+    assert clf.classes_.tolist() == [0, 1, 2] and clf.network_.layer_sizes[-1] == 3
+
+
+@needs_sample_weight
+def test_a_partial_fit_that_diverges_puts_the_network_back(iris):
+    """A partial_fit whose epoch diverges (FloatingPointError) restores the network's
+    parameters, optimizer state, generators and history, and the estimator's attributes."""
+    X, y = iris
+    reg = small(BackpropRegressor, optimizer="sgd", max_iter=3).fit(X, y)
+    before = fitted_state(reg)
+    reg.set_params(learning_rate_init=1e30, batch_size=10)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        reg.partial_fit(X * 1e3, y * 1e3)
+    assert_unchanged(reg, before)
+
+
+@needs_sample_weight
+def test_a_failed_refit_leaves_the_regressor_as_it_was(iris):
+    X, y = iris
+    reg = small(BackpropRegressor, max_iter=5).fit(X, np.c_[y, -y, 2 * y])
+    before, predicted = fitted_state(reg), reg.predict(X)
+    with pytest.raises(ValueError, match="sample_weight"):
+        reg.fit(X, y, sample_weight=-np.ones(len(y)))
+    assert_unchanged(reg, before)
+    assert reg.n_outputs_ == 3 and reg.predict(X).shape == (len(y), 3)
+    np.testing.assert_array_equal(reg.predict(X), predicted)
+    with pytest.raises(ValueError, match="outputs"):
+        reg.partial_fit(X, y)
+    assert_unchanged(reg, before)
+
+
+@needs_sample_weight
+def test_a_failed_first_fit_leaves_the_estimator_unfitted(iris):
+    X, y = iris
+    for est, fit in [(small(), lambda e: e.fit(X, y, sample_weight=-np.ones(len(y)))),
+                     (small(), lambda e: e.partial_fit(X, y, classes=[0, 1, 2],
+                                                       sample_weight=-np.ones(len(y)))),
+                     (small(BackpropRegressor), lambda e: e.fit(X, y, np.full(len(y), -1.0)))]:
+        state = dict(est.__dict__)
+        with pytest.raises(ValueError, match="sample_weight"):
+            fit(est)
+        assert est.__dict__.keys() == state.keys()
+
+
+def test_partial_fit_refuses_balanced_class_weight(iris):
+    """As scikit-learn's SGDClassifier.partial_fit: 'balanced' would weigh each call's own
+    label counts; refused before any work, on the first call and after a fit."""
+    X, y = iris
+    clf = small(class_weight="balanced")
+    with pytest.raises(ValueError, match="class_weight 'balanced' is not supported for "
+                                         "partial_fit.*compute_class_weight"):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    assert not hasattr(clf, "network_") and not hasattr(clf, "classes_")
+    clf.fit(X, y)
+    before = fitted_state(clf)
+    with pytest.raises(ValueError, match="not supported for partial_fit"):
+        clf.partial_fit(X, y)
+    assert_unchanged(clf, before)
+    weights = dict(zip([0, 1, 2], len(y) / (3 * np.bincount(y))))
+    clf.set_params(class_weight=weights).partial_fit(X, y)       # the dict it suggests works
+    assert clf.n_iter_ == 101
