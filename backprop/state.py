@@ -296,13 +296,33 @@ def target(path: str | os.PathLike[str], what: str = "path") -> str:
     except OSError as e:
         raise ValueError(f"{what} {name!r} cannot be written: {e.strerror}") from None
     if not stat.S_ISREG(mode):
-        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "a device" if
-                stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
         shown = name if real == os.path.abspath(name) else f"{name} (-> {real})"
-        raise ValueError(f"{what} {shown!r} is {kind}; expected a regular file "
+        raise ValueError(f"{what} {shown!r} is {file_kind(mode)}; expected a regular file "
                          "(or a new file's name)")
     return real
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode is, in words: "a regular file", "a directory", "a FIFO",
+    "a socket", "a device" or "not a regular file"."""
+    return ("a regular file" if stat.S_ISREG(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
+def readable(path: str, noun: str = "file") -> None:
+    """ValueError unless ``path`` names an existing regular file (symbolic links followed):
+    "PATH: no such NOUN" when nothing is there, else what is there ("PATH: is a directory,
+    not a NOUN"; a device, a FIFO, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {noun}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a {noun}")
 
 
 def atomic_write(path: str | os.PathLike[str], fill: Any) -> None:
