@@ -26,11 +26,15 @@ layer's pre-activation z (the log-odds for binary: shape (n,); logits otherwise)
 Regularization
 --------------
 scikit-learn's MLP minimises, per mini-batch of B samples, mean loss + (α / 2B) Σ‖W‖²
-(``_multilayer_perceptron.py``: ``loss += 0.5 * alpha * ΣW² / n_samples``), whose gradient
-adds α W / B. ``Network.fit`` minimises mean loss + l2 Σ W², gradient 2 l2 W, so the
-estimators pass ``l2 = alpha / (2 * batch_size)``: the same update per full batch (the last,
-partial batch of an epoch is regularized as a full one; with sample weights scikit-learn
-divides by the batch's weight sum, these estimators still by its sample count). Note that
+(``_multilayer_perceptron.py``: ``loss += 0.5 * alpha * ΣW² / sw_sum``, ``sw_sum`` = B, or
+the batch's weight sum Σw with sample weights; the weighted mean loss), whose gradient adds
+α W / B (α W / Σw). ``Network.fit`` minimises the (weighted) mean loss + l2 Σ W², gradient
+2 l2 W, with one l2 for every batch, so the estimators pass ``l2 = alpha / (2 · B · w̄)``,
+w̄ the mean weight of the samples trained on (1 without weights, ``class_weight`` included):
+scikit-learn's update exactly when each batch's Σw is B · w̄ — full-batch training
+(``batch_size`` >= n_samples, as ``"auto"`` is below 200 samples), no or uniform weights.
+Otherwise each mini-batch is regularized as one of average weight, and the last, partial
+batch of an epoch as a full one. Note that
 ``mse`` sums over the output units where scikit-learn's squared loss averages over them: with
 several outputs the data term is n_outputs times scikit-learn's.
 
@@ -254,6 +258,10 @@ class _BaseBackprop(BaseEstimator):
         if weights is not None:        # Network.fit(sample_weight=): helper "weights"
             options["sample_weight"] = weights
         batch = self._batch(X.shape[0])
+        # scikit-learn's penalty: α ‖W‖² / (2 Σw of the batch); a batch's Σw taken as B · w̄
+        mean_weight = 1.0 if weights is None else float(np.mean(weights))
+        if not mean_weight > 0:         # negative or all-zero weights: Network.fit says so
+            mean_weight = 1.0
         if not first:                   # put back by _fit if training fails
             snapshot[:] = [net, _state.capture(net)]
         # a fit's shuffle and dropout seed: from random_state and the epochs done before it
@@ -261,7 +269,7 @@ class _BaseBackprop(BaseEstimator):
         history = net.fit(X, Y, epochs=epochs, batch_size=batch,
                           learning_rate=self.learning_rate_init, optimizer=optimizer,
                           shuffle=self.shuffle, seed=fit_seed, validation_data=validation,
-                          l2=self.alpha / (2 * batch), clip_norm=self.clip_norm,
+                          l2=self.alpha / (2 * batch * mean_weight), clip_norm=self.clip_norm,
                           lr_schedule=self.lr_schedule, callbacks=callbacks,
                           verbose=bool(self.verbose), on_nonfinite="raise", **options)
         self.network_, self._seed = net, seed
