@@ -465,7 +465,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         the batch's weight sum in ``_backprop``); a batch whose weights are all zero takes
         a step with zero gradient. An epoch's ``loss`` is the weighted mean over all samples,
         Σ w_i L_i / Σ w_i. Full-batch, a weight of 2 is the sample repeated, and weights
-        scaled by a power of two train identically. The weights are data: shuffled with
+        scaled by a power of two train identically — except with batch normalization,
+        whose batch statistics and running averages ignore the weights (as PyTorch's and
+        Keras' do): a row of weight 0 still moves them. The weights are data: shuffled with
         their rows, not saved in a checkpoint (resume with the same weights).
     validation_split : float in [0, 1)
         Hold out the last ``N - ⌊N (1 - validation_split)⌋`` rows of X, Y (and sample_weight),
