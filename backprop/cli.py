@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -116,6 +117,20 @@ def parse_layers(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+def _integer(low: int) -> Any:
+    """An argparse type: an integer >= ``low`` (argparse names the option in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def _python(value: Any) -> Any:
     """A NumPy scalar as the Python scalar JSON writes."""
     return value.item() if isinstance(value, np.generic) else value
@@ -140,11 +155,75 @@ def _labels(y: np.ndarray, column: Any) -> list[Any]:
     return values
 
 
-def train(args: argparse.Namespace) -> None:
-    from . import Network, datafile
-    folder = os.path.dirname(os.path.abspath(args.out))
+def check_out(path: str) -> str:
+    """``--out``'s file, checked before any work: its folder exists, and it is a regular file
+    or a new name (a directory, device or FIFO would be replaced: refused). Symbolic links are
+    followed (:func:`backprop.state.target`)."""
+    from .state import target
+    try:
+        real = target(path, "--out")
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    folder = os.path.dirname(real)
     if not os.path.isdir(folder):
         raise CommandError(f"--out: the folder {folder} does not exist")
+    return real
+
+
+def check_activation(name: str) -> None:
+    """The hidden layers' activation: a known name, not softmax (the output's alone)."""
+    from .activations import ACTIVATIONS
+    hidden = sorted(set(ACTIVATIONS) - {"softmax"})
+    if name == "softmax":
+        raise CommandError("--activation softmax is an output activation (it normalises a "
+                           f"whole layer to probabilities); for hidden layers choose one of "
+                           f"{', '.join(hidden)}")
+    if name not in ACTIVATIONS:
+        raise CommandError(f"--activation: unknown {name!r}; choose one of {', '.join(hidden)}")
+
+
+#: training memory per parameter, beyond the parameter itself: its gradient (the optimizer's
+#: buffers are added per optimizer); per sample of a batch and unit: Z, A, dZ and a spare
+WORK_PER_UNIT = 4
+
+
+def training_bytes(sizes: Sequence[int], batch: int, itemsize: int, buffers: int) -> int:
+    """A lower estimate of the memory a fit takes: parameters, gradients and ``buffers``
+    optimizer buffers per parameter, and the batch's workspaces (``WORK_PER_UNIT`` arrays of
+    batch × units per layer)."""
+    params = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    return itemsize * (params * (2 + buffers) + WORK_PER_UNIT * batch * sum(sizes[1:]))
+
+
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, where the system says (POSIX sysconf), else None."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(sizes: Sequence[int], args: argparse.Namespace) -> None:
+    """Refuse, before allocating, a CPU network whose training would not fit in the machine's
+    memory (it would be killed by the system, with no message)."""
+    from .optimizers import OPTIMIZERS
+    if not str(args.device).startswith("cpu"):
+        return                      # a GPU's allocator reports its own out-of-memory error
+    total = physical_memory()
+    opt = OPTIMIZERS.get(args.optimizer)
+    need = training_bytes(sizes, min(args.batch_size, 1 << 20), np.dtype(args.dtype).itemsize,
+                          len(opt.state_names) if opt is not None else 2)
+    if total is not None and need > total:
+        raise CommandError(f"--layers {','.join(map(str, sizes[1:-1]))}: training this network "
+                           f"needs at least {need / 2 ** 30:,.1f} GiB, more than this "
+                           f"machine's {total / 2 ** 30:,.1f} GiB of memory; use smaller "
+                           "layers (or --batch-size)")
+
+
+def train(args: argparse.Namespace) -> None:
+    from . import Network, datafile
+    check_activation(args.activation)
+    out = check_out(args.out)
     X, y, names, key = datafile.split(datafile.read(args.data), args.data, args.target)
     loss = infer_loss(y, args.loss, args.target)
     output, task = TASKS[loss]
@@ -171,6 +250,7 @@ def train(args: argparse.Namespace) -> None:
     else:
         target = np.asarray(values, dtype=np.float64).reshape(-1, 1)
         n_out = 1
+    check_memory([X.shape[1], *args.layers, n_out], args)
     net = Network([X.shape[1], *args.layers, n_out],
                   [args.activation] * len(args.layers) + [output], loss, device=args.device,
                   backend=args.backend, dtype=args.dtype, seed=args.seed)
@@ -184,12 +264,21 @@ def train(args: argparse.Namespace) -> None:
         options["distributed"] = True   # every rank reads the whole DATA (no shard: the
         lead = distributed.rank() == 0    # class labels and columns are the same on each)
     progress = lead and sys.stdout.isatty() and _has("tqdm")
-    history = net.fit(X, target, epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, optimizer=args.optimizer, seed=args.seed,
-                      verbose="progress" if progress else False, **options)
+    try:                            # a diverged fit saves nothing: one line, exit status 1
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            history = net.fit(X, target, epochs=args.epochs, batch_size=args.batch_size,
+                              learning_rate=args.learning_rate, optimizer=args.optimizer,
+                              seed=args.seed, verbose="progress" if progress else False,
+                              on_nonfinite="raise", **options)
+    except FloatingPointError as e:
+        epoch = net.history_.diverged_epoch if net.history_ is not None else None
+        raise CommandError(f"training diverged{'' if epoch is None else f' at epoch {epoch}'} "
+                           f"(the loss or parameters became NaN or infinite; nothing saved to "
+                           f"{args.out}): lower --learning-rate (now {args.learning_rate:g}), "
+                           "or scale the features") from e
     if not lead:                    # rank 0 alone writes the model and prints
         return
-    net.save(args.out)
+    net.save(out)
     last = {k: v[-1] for k, v in history.history.items()
             if k in ("loss", "val_loss", "val_accuracy")}
     summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items())
@@ -201,8 +290,11 @@ def train(args: argparse.Namespace) -> None:
 
 def _load_model(path: str, device: str, backend: str | None) -> Any:
     from . import Network
-    if not os.path.isfile(path):
-        raise CommandError(f"{path}: no such model file")
+    from .state import readable
+    try:
+        readable(path, "model file")    # missing, a directory, /dev/null: said which
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     return Network.load(path, device=device, backend=backend)
 
 
@@ -353,18 +445,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the model file to write")
     p.add_argument("--layers", type=parse_layers, default=[64],
                    help="hidden layer sizes, comma-separated (default: 64)")
-    p.add_argument("--activation", default="relu", help="of the hidden layers (default: relu)")
+    p.add_argument("--activation", default="relu", help="of the hidden layers: identity, sigmoid, "
+                   "tanh, relu (default), leaky_relu, elu (softmax is the output's alone)")
     p.add_argument("--loss", choices=sorted(TASKS), default=None,
                    help="default: cross_entropy for class labels, mse for numbers")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=_integer(1), default=20)
+    p.add_argument("--batch-size", type=_integer(1), default=32)
     p.add_argument("--learning-rate", type=float, default=0.001)
     p.add_argument("--optimizer", default="adam", help="sgd, momentum, nesterov, rmsprop, "
                    "adam (default), adamw")
     p.add_argument("--validation-split", type=float, default=0.0,
                    help="fraction of the samples held out for validation (default: 0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_integer(0), default=0)
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI: run as `mpiexec -n P backprop train ...`; "
                         "every rank reads DATA, --batch-size is the global batch, rank 0 "
@@ -422,7 +515,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     130: interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():     # one line each, no source line quoted
+            warnings.showwarning = _show_warning
+            args.run(args)
     except KeyboardInterrupt:
         sys.stderr.write("backprop: interrupted\n")
         sys.exit(130)
@@ -438,6 +533,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.stderr.write(f"backprop: error: {'' if known else type(e).__name__ + ': '}"
                          f"{_one_line(e)}\n")
         sys.exit(1)
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int,
+                  file: Any = None, line: Any = None) -> None:
+    """A warning as one line on stderr: ``backprop: warning: <message>``."""
+    sys.stderr.write(f"backprop: warning: {' '.join(str(message).split())}\n")
 
 
 def _one_line(e: BaseException) -> str:

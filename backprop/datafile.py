@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .state import readable
+
 FORMATS = (".csv", ".parquet", ".npy", ".npz")
 #: pandas' nullable numeric dtypes, read as float64 with NA as NaN
 NULLABLE = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
@@ -47,8 +49,10 @@ class Table:
 
 def read(path: str) -> Table | dict[str, np.ndarray]:
     """The columns of a CSV, Parquet or ``.npy`` file, or the arrays of an ``.npz`` file."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+    try:
+        readable(path)              # a missing file, a directory, /dev/null: said which
+    except ValueError as e:
+        raise DataError(str(e)) from None
     ext = os.path.splitext(path)[1].lower()
     if ext not in FORMATS:
         raise DataError(f"{path}: unknown file type {ext or '(none)'!r}; expected one of "

@@ -6,8 +6,10 @@ network's (n_l, n_{l-1})), then, for a batch-normalized hidden layer,
 ``BatchNormalization(Z, γ, β, running_mean, running_var, epsilon)`` (inference mode), then the
 activation: ``Identity``, ``Sigmoid``, ``Tanh``, ``Relu``, ``LeakyRelu(alpha)``,
 ``Elu(alpha)`` or ``Softmax(axis=-1)``; a residual hidden layer adds its input with ``Add``.
+In a float64 graph ELU is composed as ``Relu(z) + α·(Exp(Min(z, 0)) − 1)`` (``Min``, ``Exp``,
+``Sub``, ``Mul``, ``Relu``, ``Add``), since onnxruntime implements ``Elu`` for float32 only.
 Dropout is a training-time operation and has no node. ONNX attributes are float32, so in a
-float64 graph LeakyRelu's and Elu's α are rounded to float32 (relative error <= 6e-8). The
+float64 graph LeakyRelu's α is rounded to float32 (relative error <= 6e-8). The
 graph has one input ``X`` (batch, n_0) and one output ``Y`` (batch, n_L), the network's dtype
 (float32 or float64), a dynamic batch dimension, opset :data:`OPSET`, and the network's
 metadata (feature names, classes) as the JSON metadata property ``backprop.metadata``.
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .activations import Code
-from .state import atomic_write
+from .state import atomic_write, target
 
 if TYPE_CHECKING:
     from .network import Network
@@ -83,8 +85,11 @@ def to_onnx_model(net: "Network") -> Any:
             extra["alpha"] = float(act.alpha)
         if act.code == Code.SOFTMAX:
             extra["axis"] = -1
-        nodes.append(helper.make_node(_OPS[act.code], [z], [activated], name=f"layer{l}_{act.name}",
-                                      **extra))
+        if act.code == Code.ELU and elem == TensorProto.DOUBLE:
+            nodes += _elu_composed(helper, z, activated, l, act.alpha, constant)
+        else:
+            nodes.append(helper.make_node(_OPS[act.code], [z], [activated],
+                                          name=f"layer{l}_{act.name}", **extra))
         if adds:
             nodes.append(helper.make_node("Add", [activated, current], [out],
                                           name=f"layer{l}_residual"))
@@ -104,8 +109,27 @@ def to_onnx_model(net: "Network") -> Any:
     return model
 
 
+def _elu_composed(helper: Any, z: str, out: str, l: int, alpha: float,
+                  constant: Any) -> list[Any]:
+    """ELU as Relu(z) + α (Exp(Min(z, 0)) − 1): the float64 graph's form, since onnxruntime
+    has no double kernel for ``Elu`` (its CPU provider registers float only). α is a
+    float64 constant (exact); Exp only sees z <= 0, so it never overflows."""
+    name = f"layer{l}_elu"
+    zero, one = constant(f"elu{l}_zero", 0.0), constant(f"elu{l}_one", 1.0)
+    scale = constant(f"elu{l}_alpha", alpha)
+    return [helper.make_node("Min", [z, zero], [f"{name}_neg"], name=f"{name}_min"),
+            helper.make_node("Exp", [f"{name}_neg"], [f"{name}_exp"], name=f"{name}_exp"),
+            helper.make_node("Sub", [f"{name}_exp", one], [f"{name}_expm1"], name=f"{name}_sub"),
+            helper.make_node("Mul", [f"{name}_expm1", scale], [f"{name}_scaled"],
+                             name=f"{name}_mul"),
+            helper.make_node("Relu", [z], [f"{name}_pos"], name=f"{name}_relu"),
+            helper.make_node("Add", [f"{name}_pos", f"{name}_scaled"], [out], name=name)]
+
+
 def to_onnx(net: "Network", path: str | os.PathLike[str]) -> None:
     """Write the network's ONNX graph (:func:`to_onnx_model`) to exactly ``path``, atomically
-    (the previous file stays intact if anything fails)."""
+    (the previous file stays intact if anything fails; a symbolic link is followed). ValueError
+    when ``path`` is an existing directory, device, FIFO or socket, before any work."""
+    target(path)
     data = to_onnx_model(net).SerializeToString()
     atomic_write(path, lambda f: f.write(data))

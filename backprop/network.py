@@ -149,7 +149,12 @@ class Network:
         applies to them, as to every parameter in PyTorch's default AdamW). The bias b of a
         normalized layer has no effect in training mode (the batch mean removes it): its
         gradient is 0 up to rounding, and training leaves b where it is (Adam or RMSProp
-        would otherwise scale that rounding noise up to steps of size η).
+        would otherwise scale that rounding noise up to steps of size η). With
+        ``sample_weight``, the batch statistics μ, σ² and the running averages are those of
+        the batch's rows unweighted, as in PyTorch's ``BatchNorm1d`` and Keras'
+        ``BatchNormalization`` (which take no weights): a row of weight 0 still moves them
+        and normalizes the others, and a weight of 2 is not the row repeated (the loss and
+        its gradient are weighted; the normalization is not).
     residual : bool or sequence of bool
         A skip connection around hidden layers: ``A_l = σ(BN(Z_l)) + A_{l-1}``, A_{l-1} the
         layer's input (after the previous layer's dropout in training). ``True`` adds one
@@ -376,8 +381,11 @@ class Network:
     def save(self, path: str | Path) -> None:
         """Write the whole training state to exactly ``path`` (see :mod:`backprop.state`):
         architecture, parameters, optimizer state, generators and history, atomically (the
-        previous file stays intact if writing fails). ValueError for a non-finite network;
+        previous file stays intact if writing fails; a symbolic link keeps pointing at the new
+        file). ValueError for a non-finite network or a ``path`` that is an existing directory,
+        device, FIFO or socket;
         RuntimeError while another thread trains it (its state would be torn between steps)."""
+        _state.target(path)             # a directory, device or FIFO refused before any work
         with self._guard.call("save"):
             state = _state.capture(self)
         _state.write(path, state)

@@ -26,11 +26,15 @@ layer's pre-activation z (the log-odds for binary: shape (n,); logits otherwise)
 Regularization
 --------------
 scikit-learn's MLP minimises, per mini-batch of B samples, mean loss + (α / 2B) Σ‖W‖²
-(``_multilayer_perceptron.py``: ``loss += 0.5 * alpha * ΣW² / n_samples``), whose gradient
-adds α W / B. ``Network.fit`` minimises mean loss + l2 Σ W², gradient 2 l2 W, so the
-estimators pass ``l2 = alpha / (2 * batch_size)``: the same update per full batch (the last,
-partial batch of an epoch is regularized as a full one; with sample weights scikit-learn
-divides by the batch's weight sum, these estimators still by its sample count). Note that
+(``_multilayer_perceptron.py``: ``loss += 0.5 * alpha * ΣW² / sw_sum``, ``sw_sum`` = B, or
+the batch's weight sum Σw with sample weights; the weighted mean loss), whose gradient adds
+α W / B (α W / Σw). ``Network.fit`` minimises the (weighted) mean loss + l2 Σ W², gradient
+2 l2 W, with one l2 for every batch, so the estimators pass ``l2 = alpha / (2 · B · w̄)``,
+w̄ the mean weight of the samples trained on (1 without weights, ``class_weight`` included):
+scikit-learn's update exactly when each batch's Σw is B · w̄ — full-batch training
+(``batch_size`` >= n_samples, as ``"auto"`` is below 200 samples), no or uniform weights.
+Otherwise each mini-batch is regularized as one of average weight, and the last, partial
+batch of an epoch as a full one. Note that
 ``mse`` sums over the output units where scikit-learn's squared loss averages over them: with
 several outputs the data term is n_outputs times scikit-learn's.
 
@@ -68,6 +72,7 @@ except ImportError as e:            # pragma: no cover - exercised without sciki
                       "pip install 'backprop[sklearn]'") from e
 
 from . import optimizers as _optimizers
+from . import state as _state
 from .network import Network
 from .training import EarlyStopping
 from .validation import check_X
@@ -196,6 +201,26 @@ class _BaseBackprop(BaseEstimator):
 
     def _fit(self, X: Any, y: Any, sample_weight: Any, incremental: bool,
              classes: Any = None) -> "_BaseBackprop":
+        """fit and partial_fit, as one transaction: when anything raises (a bad argument, a
+        diverged fit, an interrupt), the estimator is put back as it was before the call —
+        every attribute, and for partial_fit the network's parameters, optimizer state,
+        generators and history — so an unfitted estimator stays unfitted and a fitted one
+        keeps predicting with its previous, consistent ``classes_``/``n_outputs_``/network."""
+        before = dict(self.__dict__)
+        snapshot: list[Any] = []
+        try:
+            return self._fit_once(X, y, sample_weight, incremental, classes, snapshot)
+        except BaseException:
+            if snapshot:                # partial_fit trains the fitted network in place
+                net, state = snapshot
+                _state.restore(net, state, optimizer=net.optimizer_
+                               if state.header["optimizer"] is not None else None)
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit_once(self, X: Any, y: Any, sample_weight: Any, incremental: bool,
+                  classes: Any, snapshot: list[Any]) -> "_BaseBackprop":
         hidden, seed = self._check_params()
         first = not (incremental and hasattr(self, "network_"))
         X, y = self._validate(X, y, reset=first, numeric=isinstance(self, RegressorMixin))
@@ -233,12 +258,18 @@ class _BaseBackprop(BaseEstimator):
         if weights is not None:        # Network.fit(sample_weight=): helper "weights"
             options["sample_weight"] = weights
         batch = self._batch(X.shape[0])
+        # scikit-learn's penalty: α ‖W‖² / (2 Σw of the batch); a batch's Σw taken as B · w̄
+        mean_weight = 1.0 if weights is None else float(np.mean(weights))
+        if not mean_weight > 0:         # negative or all-zero weights: Network.fit says so
+            mean_weight = 1.0
+        if not first:                   # put back by _fit if training fails
+            snapshot[:] = [net, _state.capture(net)]
         # a fit's shuffle and dropout seed: from random_state and the epochs done before it
         fit_seed = int(np.random.SeedSequence([seed, n_iter]).generate_state(1)[0])
         history = net.fit(X, Y, epochs=epochs, batch_size=batch,
                           learning_rate=self.learning_rate_init, optimizer=optimizer,
                           shuffle=self.shuffle, seed=fit_seed, validation_data=validation,
-                          l2=self.alpha / (2 * batch), clip_norm=self.clip_norm,
+                          l2=self.alpha / (2 * batch * mean_weight), clip_norm=self.clip_norm,
                           lr_schedule=self.lr_schedule, callbacks=callbacks,
                           verbose=bool(self.verbose), on_nonfinite="raise", **options)
         self.network_, self._seed = net, seed
@@ -264,6 +295,8 @@ class _BaseBackprop(BaseEstimator):
         """Fit a new network to X (n_samples, n_features) and y; returns self.
 
         ``sample_weight`` (n_samples,): each sample's weight in the weighted mean loss.
+        Transactional: when fit (or partial_fit) raises, the estimator is left exactly as it
+        was before the call (a fitted one keeps its previous network and attributes).
         """
         return self._fit(X, y, sample_weight, incremental=False)
 
@@ -417,8 +450,19 @@ class BackpropClassifier(ClassifierMixin, _BaseBackprop):
         """One epoch over (X, y), continuing the fitted network and its optimizer state.
 
         ``classes`` (every label that will ever be seen) is required on the first call and
-        ignored afterwards, as in scikit-learn's ``partial_fit``.
+        ignored afterwards, as in scikit-learn's ``partial_fit``. ``class_weight="balanced"``
+        raises ValueError, as in scikit-learn's ``SGDClassifier.partial_fit``: it would be
+        computed from each call's labels, not the data set's; pass the dict that
+        ``sklearn.utils.class_weight.compute_class_weight("balanced", classes=classes, y=y)``
+        gives on the whole training set's labels (or a large sample of them).
         """
+        if isinstance(self.class_weight, str) and self.class_weight == "balanced":
+            raise ValueError(
+                "class_weight 'balanced' is not supported for partial_fit (it would be "
+                "computed from each call's labels). To use 'balanced' weights, pass "
+                "class_weight=dict(zip(classes, compute_class_weight('balanced', "
+                "classes=classes, y=y))) with y the whole training set's labels (or a large "
+                "enough sample of them)")
         if not hasattr(self, "network_"):
             if classes is None:
                 raise ValueError("classes: must be passed on the first call to partial_fit")

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -277,11 +278,63 @@ def write(path: str | os.PathLike[str], state: TrainingState) -> None:
     atomic_write(path, fill)
 
 
+def target(path: str | os.PathLike[str], what: str = "path") -> str:
+    """The file :func:`atomic_write` would replace for ``path``: symbolic links resolved (the
+    link keeps pointing at the new file), checked to be a regular file or absent.
+
+    Raises ``ValueError`` naming ``what`` and the path when it is an existing directory,
+    device, FIFO or socket: renaming a new file over those would replace them (``/dev/null``
+    would become a regular file), so they are refused before any work."""
+    name = os.fspath(path)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    real = os.path.realpath(name)
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return real
+    except OSError as e:
+        raise ValueError(f"{what} {name!r} cannot be written: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        shown = name if real == os.path.abspath(name) else f"{name} (-> {real})"
+        raise ValueError(f"{what} {shown!r} is {file_kind(mode)}; expected a regular file "
+                         "(or a new file's name)")
+    return real
+
+
+def file_kind(mode: int) -> str:
+    """What an ``os.stat`` mode is, in words: "a regular file", "a directory", "a FIFO",
+    "a socket", "a device" or "not a regular file"."""
+    return ("a regular file" if stat.S_ISREG(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file")
+
+
+def readable(path: str, noun: str = "file") -> None:
+    """ValueError unless ``path`` names an existing regular file (symbolic links followed):
+    "PATH: no such NOUN" when nothing is there, else what is there ("PATH: is a directory,
+    not a NOUN"; a device, a FIFO, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such {noun}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path}: is {file_kind(mode)}, not a {noun}")
+
+
 def atomic_write(path: str | os.PathLike[str], fill: Any) -> None:
     """Write a file to exactly ``path``, atomically: ``fill(f)`` writes into a new binary file
     in the same folder, which is flushed to disk (fsync), then renamed over ``path`` (and the
-    folder synced), so a failure at any point leaves the previous file intact."""
-    path = os.fspath(path)
+    folder synced), so a failure at any point leaves the previous file intact.
+
+    A symbolic link is followed: the new file replaces the link's target, in the target's
+    folder, and the link is kept. ``path`` must be a regular file or not exist: an existing
+    directory, device, FIFO or socket raises ``ValueError`` (:func:`target`) before ``fill``
+    runs."""
+    path = target(path)
     folder = os.path.dirname(os.path.abspath(path))
     # a short name of its own (a target name near the 255-byte limit still works); the mode of
     # the file it replaces (a private model stays private), else the umask's default

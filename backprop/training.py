@@ -476,7 +476,9 @@ def fit(net: "Network", X: Any, Y: Any, *, epochs: int, batch_size: int, learnin
         the batch's weight sum in ``_backprop``); a batch whose weights are all zero takes
         a step with zero gradient. An epoch's ``loss`` is the weighted mean over all samples,
         Σ w_i L_i / Σ w_i. Full-batch, a weight of 2 is the sample repeated, and weights
-        scaled by a power of two train identically. The weights are data: shuffled with
+        scaled by a power of two train identically — except with batch normalization,
+        whose batch statistics and running averages ignore the weights (as PyTorch's and
+        Keras' do): a row of weight 0 still moves them. The weights are data: shuffled with
         their rows, not saved in a checkpoint (resume with the same weights).
     validation_split : float in [0, 1)
         Hold out the last ``N - ⌊N (1 - validation_split)⌋`` rows of X, Y (and sample_weight),
@@ -959,11 +961,10 @@ def _check_checkpoint(checkpoint: Any) -> str | None:
         raise TypeError(f"checkpoint: expected a file path, got {checkpoint!r}") from None
     if isinstance(path, bytes):
         path = os.fsdecode(path)
-    folder = os.path.dirname(os.path.abspath(path))
+    # a symbolic link's target is what gets replaced; a directory, device or FIFO is refused
+    folder = os.path.dirname(_state.target(path, "checkpoint:"))
     if not os.path.isdir(folder):
         raise ValueError(f"checkpoint: the folder {folder!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint: {path!r} is a folder; expected a file path")
     probe = os.path.join(folder, f".bp-{secrets.token_hex(6)}.probe")
     try:                            # found now, not after the first epoch has trained
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))

@@ -303,3 +303,96 @@ def test_missing_values_and_output_folder(tmp_path, capsys):
         cli.main(["train", str(tmp_path / "na.parquet"), "--target", "b", "--out",
                   str(tmp_path / "nowhere" / "m.bp"), "--backend", "numpy"])
     assert "--out: the folder" in capsys.readouterr().err
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the command line in this process; it must end with status 1 or 2 and one line."""
+    with pytest.raises(SystemExit) as end:
+        cli.main(list(args))
+    err = capsys.readouterr().err
+    assert end.value.code in (1, 2), err
+    assert err.startswith("backprop: error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_diverged_training_fails_in_one_line_and_saves_nothing(iris_files, tmp_path):
+    """--learning-rate 1e30: status 1, one line naming the divergence and the remedy, no
+    file, no Python warning text (NumPy's overflow warnings, quoting a source line)."""
+    folder, _, _ = iris_files
+    model = tmp_path / "x.bp"
+    for backend in ("numpy", "numba"):
+        result = run("train", str(folder / "iris.csv"), "--target", "species",
+                     "--learning-rate", "1e30", "--backend", backend, "--out", str(model))
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("backprop: error: training diverged at epoch 0")
+        assert "lower --learning-rate" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Warning" not in result.stderr and result.stdout == ""
+        assert not model.exists()
+
+
+def test_warnings_are_one_line(capsys, monkeypatch):
+    import warnings
+
+    def warns(args):
+        warnings.warn("something odd\n  on two lines", RuntimeWarning)
+    monkeypatch.setattr(cli, "info", warns)
+    cli.main(["info"])
+    assert capsys.readouterr().err == "backprop: warning: something odd on two lines\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_out_and_inputs_that_are_not_regular_files(iris_files, tmp_path, capsys, monkeypatch):
+    """--out a directory or a FIFO is refused by name before training (the FIFO stays a
+    FIFO, no temporary file is left); a model or data path that is a directory or a device
+    says what it is; a symbolic --out is followed."""
+    folder, _, _ = iris_files
+    data = str(folder / "iris.csv")
+    train = ("train", data, "--target", "species", "--epochs", "1", "--backend", "numpy")
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    assert "--out 'dir' is a directory; expected a regular file" in cli_error(
+        capsys, *train, "--out", "dir")
+    assert "--out" in cli_error(capsys, *train, "--out", str(tmp_path / "fifo"))
+    assert os.path.exists(tmp_path / "fifo") and not os.path.isfile(tmp_path / "fifo")
+    assert sorted(os.listdir(tmp_path)) == ["dir", "fifo"]
+    (tmp_path / "link.bp").symlink_to(tmp_path / "dir" / "m.bp")
+    cli.main([*train, "--out", str(tmp_path / "link.bp")])
+    capsys.readouterr()
+    assert (tmp_path / "link.bp").is_symlink() and (tmp_path / "dir" / "m.bp").is_file()
+    model = str(tmp_path / "link.bp")
+    assert "/dev/null: is a device, not a file" in cli_error(capsys, "predict", model,
+                                                             "/dev/null")
+    assert "dir: is a directory, not a file" in cli_error(capsys, "predict", model, "dir")
+    assert "dir: is a directory, not a model file" in cli_error(capsys, "predict", "dir", data)
+    assert "none.bp: no such model file" in cli_error(capsys, "predict", "none.bp", data)
+
+
+def test_bad_train_options_are_named(iris_files, tmp_path, capsys, monkeypatch):
+    folder, _, _ = iris_files
+    out = str(tmp_path / "m.bp")
+    train = ("train", str(folder / "iris.csv"), "--target", "species", "--backend", "numpy",
+             "--out", out)
+    assert "argument --seed: expected an integer >= 0, got -5" in cli_error(
+        capsys, *train, "--seed", "-5")
+    assert "argument --epochs" in cli_error(capsys, *train, "--epochs", "0")
+    assert "argument --batch-size" in cli_error(capsys, *train, "--batch-size", "-1")
+    assert "--activation softmax is an output activation" in cli_error(
+        capsys, *train, "--activation", "softmax")
+    assert "--activation: unknown 'swish'" in cli_error(capsys, *train, "--activation", "swish")
+    monkeypatch.setattr(cli, "physical_memory", lambda: 2 ** 16)     # a machine of 64 KiB
+    err = cli_error(capsys, *train, "--layers", "1000")
+    assert "--layers 1000: training this network needs at least" in err
+    assert "more than this machine's 0.0 GiB" in err
+    assert not os.path.exists(out)
+    cli.main([*train, "--layers", "8", "--epochs", "1"])             # small enough to fit
+    assert os.path.isfile(out)
+
+
+def test_training_memory_estimate():
+    """Parameters, gradients and the optimizer's buffers, plus four batch × units arrays per
+    layer: [4, 64, 3] in float32 with Adam (m, v) and batches of 32."""
+    params = (4 + 1) * 64 + (64 + 1) * 3
+    assert cli.training_bytes([4, 64, 3], 32, 4, 2) == 4 * (params * 4 + 4 * 32 * (64 + 3))
+    assert cli.training_bytes([4, 10 ** 8, 3], 32, 4, 2) > 50 * 2 ** 30

@@ -342,3 +342,35 @@ def test_the_readme_example_runs(capsys):
     exec(compile(code, "README.md", "exec"), {})
     val_loss, result = capsys.readouterr().out.split(" ", 1)
     assert float(val_loss) == pytest.approx(eval(result)["loss"], rel=1e-6)
+
+
+def test_batch_norm_statistics_ignore_the_weights(backend):
+    """The documented exception to 'a weight of 2 is the sample repeated': batch
+    normalization's batch statistics and running averages are the rows' unweighted ones (as
+    PyTorch's BatchNorm1d and Keras' BatchNormalization, which take no weights). Oracle: one
+    full-batch step's running mean and variance, 0.9 · init + 0.1 · the batch's plain mean and
+    unbiased variance of Z = X W₁ᵀ + b₁ over every row, zero-weight rows included."""
+    case = ("tanh", "softmax", "cross_entropy")
+    X, Y, w = problem(case[2])
+    w[[3, 4, 5]] = 0.0                            # rows that weigh nothing still count
+    net = network(backend, case, batch_norm=True)
+    W1, b1 = net.get_parameters()[0]
+    Z = X @ W1.T + b1
+    net.fit(X, Y, sample_weight=w, epochs=1, batch_size=len(X), learning_rate=0.1,
+            optimizer="sgd", seed=0)
+    bn = net.get_batch_norm()[0]
+    assert_close(bn["running_mean"], 0.1 * Z.mean(axis=0), 1e-12, "running_mean")
+    assert_close(bn["running_var"], 0.9 + 0.1 * Z.var(axis=0, ddof=1), 1e-12, "running_var")
+    kept = w > 0                                  # the weighted statistics would differ
+    assert not np.allclose(bn["running_mean"], 0.1 * Z[kept].mean(axis=0), rtol=1e-3)
+    # and a weight of 2 is not the row repeated: the repeated row moves the statistics
+    w2 = np.ones(len(X))
+    w2[2] = 2.0
+    a, b = network(backend, case, batch_norm=True), network(backend, case, batch_norm=True)
+    a.fit(X, Y, sample_weight=w2, epochs=1, batch_size=64, learning_rate=0.1, optimizer="sgd",
+          seed=0)
+    b.fit(np.concatenate([X, X[[2]]]), np.concatenate([Y, Y[[2]]]), epochs=1, batch_size=64,
+          learning_rate=0.1, optimizer="sgd", seed=0)
+    assert_close(a.get_batch_norm()[0]["running_mean"], 0.1 * Z.mean(axis=0), 1e-12, "mean")
+    assert not np.allclose(a.get_batch_norm()[0]["running_mean"],
+                           b.get_batch_norm()[0]["running_mean"], rtol=1e-6)

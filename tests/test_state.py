@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import stat
 import zipfile
 
 import numpy as np
@@ -342,3 +343,53 @@ def test_parameters_and_activations_must_be_real_and_representable():
     backprop.Network([1, 1], ELU(1e39), "mse", backend="numpy", dtype="float64")
     with pytest.raises(ValueError, match="activations: a softmax over the single unit of hidden"):
         backprop.Network([3, 1, 2], ["softmax", "identity"], "mse", backend="numpy")
+
+
+def test_save_follows_a_symbolic_link_and_keeps_it(tmp_path):
+    """The new file replaces the link's target (in the target's folder), the link stays a link
+    to it; the same writer serves checkpoints and ONNX export (atomic_write)."""
+    net = trained("numpy", epochs=1)
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "m.bp"
+    real.write_bytes(b"old")
+    link = tmp_path / "m.bp"
+    link.symlink_to(real)
+    net.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert_same_state(bstate.read(real), bstate.capture(net))
+    dangling = tmp_path / "new.bp"                       # a link to a file not yet written
+    dangling.symlink_to(tmp_path / "real" / "new.bp")
+    net.save(dangling)
+    assert dangling.is_symlink() and (tmp_path / "real" / "new.bp").is_file()
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["m.bp", "new.bp"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("kind", ["fifo", "directory", "link to a fifo"])
+def test_writing_refuses_a_target_that_is_not_a_regular_file(tmp_path, kind):
+    """A FIFO, a directory (or a link to one) is left as it is, refused by name before any
+    work: save, the writer under it, checkpoints."""
+    net = trained("numpy", epochs=1)
+    path = tmp_path / "target"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(tmp_path / "fifo")
+        if kind == "fifo":
+            path = tmp_path / "fifo"
+        else:
+            path.symlink_to(tmp_path / "fifo")
+    words = "a directory" if kind == "directory" else "a FIFO"
+    filled = []
+    with pytest.raises(ValueError, match=f"{path.name}.*is {words}; expected a regular file"):
+        net.save(path)
+    with pytest.raises(ValueError, match=f"is {words}"):
+        bstate.atomic_write(path, filled.append)
+    assert filled == []
+    before = bstate.capture(net)
+    with pytest.raises(ValueError, match=f"checkpoint: .*is {words}"):
+        net.fit(*data(), epochs=1, batch_size=8, learning_rate=0.05, checkpoint=path)
+    assert_same_state(bstate.capture(net), before)
+    real = os.path.realpath(path)
+    assert os.path.isdir(real) if kind == "directory" else stat.S_ISFIFO(os.stat(real).st_mode)
+    assert not any(p.name.startswith(".bp-") for p in tmp_path.rglob("*"))
