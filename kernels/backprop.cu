@@ -222,6 +222,19 @@ __device__ inline double batch_norm_grad(double k, double g, double zhat, double
     return k * (g - mg - zhat * mgz);
 }
 
+// Σ_r G[r, c] and Σ_r G[r, c] · Zhat[r, c] of column c, in double, in row order.
+template <typename T>
+__device__ void batch_norm_column_sums(const T* G, const T* Zhat, long long rows,
+                                       long long cols, long long c, double& sg, double& sgz) {
+    sg = 0.0;
+    sgz = 0.0;
+    for (long long r = 0; r < rows; ++r) {
+        const double g = (double)G[r * cols + c];
+        sg += g;
+        sgz += g * (double)Zhat[r * cols + c];
+    }
+}
+
 // The backward pass of batch normalization through the batch statistics, one thread per
 // column c (sums in double, in row order): dbeta = Σ_r G, dgamma = Σ_r G ⊙ Zhat,
 // out = gamma · inv_std · (G - dbeta / rows - Zhat · dgamma / rows). out may be G.
@@ -230,12 +243,8 @@ __global__ void batch_norm_backward(const T* G, const T* Zhat, const T* gamma,
                                     const T* inv_std, T* dgamma, T* dbeta, T* out,
                                     long long rows, long long cols) {
     GRID_STRIDE(c, cols) {
-        double sg = 0.0, sgz = 0.0;
-        for (long long r = 0; r < rows; ++r) {
-            const double g = (double)G[r * cols + c];
-            sg += g;
-            sgz += g * (double)Zhat[r * cols + c];
-        }
+        double sg, sgz;
+        batch_norm_column_sums(G, Zhat, rows, cols, c, sg, sgz);
         dbeta[c] = (T)sg;
         dgamma[c] = (T)sgz;
         const double k = (double)gamma[c] * (double)inv_std[c];
@@ -253,12 +262,8 @@ template <typename T>
 __global__ void batch_norm_backward_sums(const T* G, const T* Zhat, T* dgamma, T* dbeta,
                                          long long rows, long long cols) {
     GRID_STRIDE(c, cols) {
-        double sg = 0.0, sgz = 0.0;
-        for (long long r = 0; r < rows; ++r) {
-            const double g = (double)G[r * cols + c];
-            sg += g;
-            sgz += g * (double)Zhat[r * cols + c];
-        }
+        double sg, sgz;
+        batch_norm_column_sums(G, Zhat, rows, cols, c, sg, sgz);
         dbeta[c] = (T)sg;
         dgamma[c] = (T)sgz;
     }

@@ -253,3 +253,24 @@ def use_emulator(monkeypatch):
     monkeypatch.setattr(backends, "is_installed",
                         lambda name: name == "cupy" or installed(name))
     return fake
+
+
+def assert_allocates_nothing(step, smallest_array: int = 128 * 1024) -> None:
+    """Run ``step`` twice (workspaces made, caches warm), then three times under tracemalloc
+    (which sees NumPy's allocations): its transient peak must stay below ``smallest_array``
+    bytes (every array of the step is at least that large, so no array was allocated; NumPy's
+    bounded ufunc buffers of a few KiB are all it may take) and it must keep < 4 KiB."""
+    import tracemalloc
+    step()
+    step()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        for _ in range(3):
+            step()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - base < smallest_array, f"a step allocated {peak - base} bytes at once"
+    assert current - base < 4096, f"steps kept {current - base} bytes"
