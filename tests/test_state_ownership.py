@@ -140,7 +140,7 @@ class _SlowArray:
         return self.X if dtype is None else self.X.astype(dtype)
 
 
-def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend):
+def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend, tmp_path):
     sizes, X, labels = _problem(backend)
     kw = dict(epochs=2, batch_size=16, learning_rate=0.1, optimizer="adam", seed=3)
     reference = network(backend, sizes, "tanh", "mse", seed=2)
@@ -171,13 +171,14 @@ def test_fit_while_another_call_runs_raises_and_corrupts_nothing(backend):
     assert started.wait(60)
     calls = [lambda: net.predict(X), lambda: net.evaluate(X, Y), lambda: net.loss(X, Y),
              lambda: net.backward(X[:4], Y[:4]), lambda: net.set_parameters(before),
-             lambda: net.save(os.devnull), lambda: pickle.dumps(net),
+             lambda: net.save(tmp_path / "net.bp"), lambda: pickle.dumps(net),
              lambda: copy.deepcopy(net)]               # no state torn between two steps
     if backend != "numpy":                          # (to the backend it is on is a no-op)
         calls.append(lambda: net.to("cpu", "numpy"))
     for call in calls:
         with pytest.raises(RuntimeError, match="being trained by fit in another thread"):
             call()
+    assert not (tmp_path / "net.bp").exists()       # the refused save wrote nothing
     with pytest.raises(RuntimeError, match="fit: the network is being trained by fit"):
         net.fit(X, Y, **kw)
     release.set()
