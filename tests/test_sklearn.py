@@ -230,6 +230,7 @@ def test_stopping_rules(iris):
         small(max_iter=3, tol=0.0).fit(X, y)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")   # max_iter ends it
 def test_early_stopping_restores_best_epoch(iris):
     X, y = iris
     clf = small(max_iter=40, tol=0.0, n_iter_no_change=2, early_stopping=True,
