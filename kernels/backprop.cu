@@ -222,10 +222,12 @@ __device__ inline double batch_norm_grad(double k, double g, double zhat, double
     return k * (g - mg - zhat * mgz);
 }
 
-// Σ_r G[r, c] and Σ_r G[r, c] · Zhat[r, c] of column c, in double, in row order.
+// dbeta[c] = sg = Σ_r G[r, c] and dgamma[c] = sgz = Σ_r G[r, c] · Zhat[r, c] of column c,
+// summed in double, in row order.
 template <typename T>
 __device__ void batch_norm_column_sums(const T* G, const T* Zhat, long long rows,
-                                       long long cols, long long c, double& sg, double& sgz) {
+                                       long long cols, long long c, T* dgamma, T* dbeta,
+                                       double& sg, double& sgz) {
     sg = 0.0;
     sgz = 0.0;
     for (long long r = 0; r < rows; ++r) {
@@ -233,6 +235,8 @@ __device__ void batch_norm_column_sums(const T* G, const T* Zhat, long long rows
         sg += g;
         sgz += g * (double)Zhat[r * cols + c];
     }
+    dbeta[c] = (T)sg;
+    dgamma[c] = (T)sgz;
 }
 
 // The backward pass of batch normalization through the batch statistics, one thread per
@@ -244,9 +248,7 @@ __global__ void batch_norm_backward(const T* G, const T* Zhat, const T* gamma,
                                     long long rows, long long cols) {
     GRID_STRIDE(c, cols) {
         double sg, sgz;
-        batch_norm_column_sums(G, Zhat, rows, cols, c, sg, sgz);
-        dbeta[c] = (T)sg;
-        dgamma[c] = (T)sgz;
+        batch_norm_column_sums(G, Zhat, rows, cols, c, dgamma, dbeta, sg, sgz);
         const double k = (double)gamma[c] * (double)inv_std[c];
         const double mg = sg / (double)rows, mgz = sgz / (double)rows;
         for (long long r = 0; r < rows; ++r) {
@@ -263,9 +265,7 @@ __global__ void batch_norm_backward_sums(const T* G, const T* Zhat, T* dgamma, T
                                          long long rows, long long cols) {
     GRID_STRIDE(c, cols) {
         double sg, sgz;
-        batch_norm_column_sums(G, Zhat, rows, cols, c, sg, sgz);
-        dbeta[c] = (T)sg;
-        dgamma[c] = (T)sgz;
+        batch_norm_column_sums(G, Zhat, rows, cols, c, dgamma, dbeta, sg, sgz);
     }
 }
 
