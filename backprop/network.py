@@ -734,9 +734,10 @@ class Network:
         with self._guard.call("loss"):
             X, Y = self._prepare(X, Y)
             w = self._prepare_weight(sample_weight, X.shape[0])
-            return self._mean_loss(X, Y, w)
+            return self._loss_sum(X, Y, w) / self._rows_weight(X, w)
 
-    def _mean_loss(self, X: Array, Y: Array, w: Array | None = None) -> float:
+    def _loss_sum(self, X: Array, Y: Array, w: Array | None) -> float:
+        """``Σ_i w_i L_i`` (w_i = 1 without weights) over (X, Y), in inference chunks."""
         be = self.backend
         total = 0.0
         for rows, ws in self._inference_chunks(X):
@@ -744,7 +745,11 @@ class Network:
             be.loss(ws.A[-1], ws.Z, Y[rows], self.activations[-1], self.loss_function, ws.total,
                     None if w is None else w[rows])
             total += float(be.to_numpy(ws.total)[0])
-        return total / (X.shape[0] if w is None else weight_sum(be, w))
+        return total
+
+    def _rows_weight(self, X: Array, w: Array | None) -> float:
+        """The denominator of a mean over X's rows: their number, or ``Σ w`` with weights."""
+        return X.shape[0] if w is None else weight_sum(self.backend, w)
 
     def backward(self, X: Any, Y: Any, sample_weight: Any = None) -> "Gradients":
         """Gradients ``(dW, db)`` per layer on the device: the batch mean of the per-sample
@@ -831,7 +836,8 @@ class Network:
             return self._evaluate(X, Y, w)
 
     def _evaluate(self, X: Array, Y: Array, w: Array | None = None) -> dict[str, float]:
-        result = {"loss": self._mean_loss(X, Y, w)}
+        seen = self._rows_weight(X, w)
+        result = {"loss": self._loss_sum(X, Y, w) / seen}
         if self.loss_function.classification:
             correct = 0.0
             xp = self.backend.xp
@@ -846,7 +852,6 @@ class Network:
                 else:   # per sample: the fraction of its units right, times its weight
                     per_sample = right if right.ndim == 1 else right.mean(axis=1)
                     correct += float((per_sample * w[rows].astype(np.float64)).sum())
-            seen = X.shape[0] if w is None else weight_sum(self.backend, w)
             result["accuracy"] = correct / seen
         return result
 
