@@ -634,14 +634,9 @@ class Replica:
                 self._fraction = shares[k]
             if b:
                 ws = views.get(b) or views.setdefault(b, full.rows(b))
-                be.take_rows(X, index[done:done + b], ws.X)
-                be.take_rows(Y, index[done:done + b], ws.Y)
-                wb = None
-                if self.weight is not None:
-                    be.take_rows(self.weight, index[done:done + b], ws.weight)
-                    wb = ws.weight
-                net.train_step(ws, ws.X, ws.Y, optimizer, lr, l1, l2, clip_norm, clip_value,
-                               wb, replica=self)
+                Xb, Yb, wb = ws.take(be, X, Y, self.weight, index, done, done + b)
+                net.train_step(ws, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value, wb,
+                               replica=self)
             else:
                 self._draw_masks()
                 self._batch_norm_without_rows(full)

@@ -94,6 +94,20 @@ class Workspace:
             self.weight = backend.empty((batch,), dtype)
             self.scale = backend.zeros((1,), dtype)
 
+    def take(self, backend: Backend, X: Array, Y: Array, weight: Array | None,
+             order: Array | None, start: int, stop: int) -> tuple[Array, Array, Array | None]:
+        """Rows ``start:stop`` of an epoch's ``order`` (device int64; None: the stored order)
+        of X, Y and ``weight`` (or None): views in the stored order, else gathered into this
+        workspace's ``X``, ``Y``, ``weight`` (``stop - start`` == its batch size)."""
+        if order is None:
+            return X[start:stop], Y[start:stop], None if weight is None else weight[start:stop]
+        backend.take_rows(X, order[start:stop], self.X)
+        backend.take_rows(Y, order[start:stop], self.Y)
+        if weight is None:
+            return self.X, self.Y, None
+        backend.take_rows(weight, order[start:stop], self.weight)
+        return self.X, self.Y, self.weight
+
     def rows(self, batch: int) -> "Workspace":
         """A workspace of ``batch`` <= ``self.batch`` rows that uses this one's leading rows
         (no allocation but the views; ``total`` and ``scale`` are shared)."""

@@ -367,21 +367,10 @@ def run_epoch(net: "Network", X: Any, Y: Any, order: Any, batch_size: int,
         ws.total[0] = 0
     if not be.train_epoch(net, X, Y, order, batch_size, optimizer, learning_rate, l1, l2,
                           clip_norm, full.total, clip_value, rates, sample_weight):
-        wb = None
         for k, start in enumerate(range(0, n, batch_size)):
             stop = min(start + batch_size, n)
             ws = full if stop - start == batch_size else spaces[-1]
-            if order is None:
-                Xb, Yb = X[start:stop], Y[start:stop]
-                if sample_weight is not None:
-                    wb = sample_weight[start:stop]
-            else:
-                be.take_rows(X, order[start:stop], ws.X)
-                be.take_rows(Y, order[start:stop], ws.Y)
-                Xb, Yb = ws.X, ws.Y
-                if sample_weight is not None:
-                    be.take_rows(sample_weight, order[start:stop], ws.weight)
-                    wb = ws.weight
+            Xb, Yb, wb = ws.take(be, X, Y, sample_weight, order, start, stop)
             lr = learning_rate if rates is None else float(rates[k])
             net.train_step(ws, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value, wb)
             if between_steps is not None:

@@ -684,18 +684,7 @@ class CuPyBackend(Backend):
         tail = n - steps * batch_size
         if tail:                                   # the partial batch, as run_epoch does it
             ws_tail = network.workspace(tail)
-            wb = None
-            if order is None:
-                Xb, Yb = X[steps * batch_size:], Y[steps * batch_size:]
-                if sample_weight is not None:
-                    wb = sample_weight[steps * batch_size:]
-            else:
-                self.take_rows(X, order[steps * batch_size:], ws_tail.X)
-                self.take_rows(Y, order[steps * batch_size:], ws_tail.Y)
-                Xb, Yb = ws_tail.X, ws_tail.Y
-                if sample_weight is not None:
-                    self.take_rows(sample_weight, order[steps * batch_size:], ws_tail.weight)
-                    wb = ws_tail.weight
+            Xb, Yb, wb = ws_tail.take(self, X, Y, sample_weight, order, steps * batch_size, n)
             lr = learning_rate if rates is None else float(rates[steps])
             network.train_step(ws_tail, Xb, Yb, optimizer, lr, l1, l2, clip_norm, clip_value,
                                wb)
